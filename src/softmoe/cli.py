@@ -1,0 +1,169 @@
+"""`softmoe <step>`: the one entry point that Snakemake rules, DVC stages and people call.
+
+Each step parses paths, validates params.yaml, and calls one room of the package. Rooms are
+imported inside the step so that light steps do not pay for importing Lightning."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from softmoe.errors import UserError
+from softmoe.layout import TABLE_SOURCES
+
+
+def _params(args):
+    from softmoe import params
+    return params.load(args.params)
+
+
+def _threads(args) -> None:
+    import torch
+    torch.set_num_threads(args.threads)
+
+
+def cmd_validate(args):
+    p = _params(args)
+    if args.out:  # a fixed marker: DVC stages depend on it without rerunning on every change
+        from softmoe import atomic
+        atomic.write_text(args.out, "params valid\n")
+    print(f"{args.params}: valid (dataset {p['dataset']}, experts {p['experts']}, seeds {p['seeds']})")
+
+
+def cmd_prepare(args):
+    from softmoe import data
+    data.prepare(_params(args), args.dataset, Path(args.out))
+
+
+def cmd_train(args):
+    _threads(args)
+    from softmoe import train
+    train.train_run(_params(args), Path(args.data), args.experts, args.seed, Path(args.out))
+
+
+def cmd_synthetic(args):
+    _threads(args)
+    from softmoe import synthetic
+    synthetic.train_synthetic(_params(args), args.tokens, args.experts, Path(args.out))
+
+
+def cmd_proof(args):
+    _threads(args)
+    from softmoe import synthetic
+    synthetic.proof_check(_params(args), Path(args.run), Path(args.out))
+
+
+def cmd_evaluate(args):
+    _threads(args)
+    from softmoe import evaluate
+    evaluate.evaluate_run(_params(args), Path(args.data), Path(args.run), Path(args.out))
+
+
+def cmd_tabulate(args):
+    from softmoe import tables
+    tables.concat(_params(args), args.table, Path(args.out))
+
+
+def cmd_summarize(args):
+    from softmoe import evaluate
+    evaluate.summarize(_params(args), Path(args.tables), Path(args.out))
+
+
+def cmd_latency(args):
+    _threads(args)
+    from softmoe import latency
+    from softmoe import layout
+    params = _params(args)
+    latency.measure(params, layout.train_dirs(params), Path(args.out), Path(args.hardware))
+
+
+def cmd_figures(args):
+    from softmoe import figures
+    figures.make_figures(_params(args), Path(args.tables), Path(args.out))
+
+
+def cmd_report(args):
+    from softmoe import report
+    report.build_report(_params(args), Path(args.params), Path(args.tables), Path(args.figures),
+                        Path(args.benchmarks), Path(args.html), Path(args.md))
+
+
+def cmd_bench(args):
+    _threads(args)
+    from softmoe import bench
+    bench.run(Path(args.out), Path(args.md), quick=args.quick)
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="softmoe", description=__doc__.splitlines()[0])
+    top.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = top.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name, func, help_, threads=False):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+        if threads:
+            p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        p.set_defaults(func=func)
+        return p
+
+    p = step("validate", cmd_validate, "check params.yaml against the schema and exit")
+    p.add_argument("--out", help="also write a marker file when valid (DVC's first stage)")
+    p = step("prepare", cmd_prepare, "prepare one dataset under data/<dataset>/ with a manifest")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True, help="output folder, e.g. data/mnist5k")
+    p = step("train", cmd_train, "train one model of the expert grid (dataset, n, seed)", threads=True)
+    p.add_argument("--data", required=True, help="prepared data folder")
+    p.add_argument("--experts", type=int, required=True, help="number of experts n")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="run folder, e.g. results/train/mnist5k/n16-s0")
+    p = step("synthetic", cmd_synthetic, "train one synthetic ||x||_2 regressor (STUDY.md E1)", threads=True)
+    p.add_argument("--tokens", required=True, help="tokenization of x in R^10, e.g. 5x2")
+    p.add_argument("--experts", type=int, required=True)
+    p.add_argument("--out", required=True, help="run folder, e.g. results/synthetic/5x2/n1")
+    p = step("proof", cmd_proof, "numerical check of Theorem 1's proof on a trained n=1 model", threads=True)
+    p.add_argument("--run", required=True, help="synthetic run folder of an n=1 model")
+    p.add_argument("--out", required=True, help="output CSV")
+    p = step("evaluate", cmd_evaluate, "Algorithm 1 vs random, all experts and oracle for one model", threads=True)
+    p.add_argument("--data", required=True, help="prepared data folder")
+    p.add_argument("--run", required=True, help="training run folder")
+    p.add_argument("--out", required=True, help="output CSV (tidy rows)")
+    p = step("tabulate", cmd_tabulate, "concatenate the grid's per-run files into one tidy CSV")
+    p.add_argument("--table", required=True, choices=sorted(TABLE_SOURCES))
+    p.add_argument("--out", required=True)
+    p = step("summarize", cmd_summarize, "write the study's headline metrics JSON (dvc metrics)")
+    p.add_argument("--tables", required=True, help="folder with selection.csv and training.csv")
+    p.add_argument("--out", required=True)
+    p = step("latency", cmd_latency, "time the Soft MoE layers of every trained model with only k experts running (E4)", threads=True)
+    p.add_argument("--out", required=True, help="output CSV")
+    p.add_argument("--hardware", required=True, help="output JSON describing the machine")
+    p = step("figures", cmd_figures, "draw every figure (PNG and SVG) from the tables")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--out", required=True)
+    p = step("report", cmd_report, "write the audit-ready report (HTML and Markdown)")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--figures", required=True)
+    p.add_argument("--benchmarks", required=True, help="folder of Snakemake benchmark files")
+    p.add_argument("--html", required=True)
+    p.add_argument("--md", required=True)
+    p = step("bench", cmd_bench, "layer and selective-inference benchmarks", threads=True)
+    p.add_argument("--out", default="reports/benchmarks.json")
+    p.add_argument("--md", default="reports/benchmarks.md")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (tests)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"softmoe {args.step}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Accuracy under expert selection (STUDY.md E2, E3): Algorithm 1 against random k-subsets, all
+experts and the label-aware oracle, for one trained model; and the study's headline metrics.
+
+Two exact paths compute the same numbers:
+- fast (models with `logit_contributions`, i.e. one Soft MoE layer followed by a linear head):
+  every expert runs once; logits(S) is a sum of per-expert, per-token contributions, so ordering
+  the experts of each input (by Algorithm 1's score, or by a random permutation whose first k
+  entries are a uniform k-subset) and taking cumulative sums gives every k at once;
+- generic (any model whose forward takes `k` and `keep`): one forward pass per k, method, seed.
+
+z = (accuracy_alg1 - mean_random) / std_random (ddof=1) follows IEEE division: +-inf when the
+random accuracies do not vary but Algorithm 1 differs from them, NaN when they are equal too.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError, safe_open
+
+from softmoe import atomic
+from softmoe.errors import UserError
+from softmoe.params import k_values
+from softmoe.selection import oracle_subsets, random_experts, select_experts
+
+COLUMNS = ["dataset", "n", "seed", "k", "k_frac", "method", "renormalize", "accuracy", "std", "z", "count"]
+HEADLINE_DIVISORS = (2, 4, 8)   # summarize: k = n/2, n/4, n/8
+
+
+# ---- one trained model ---------------------------------------------------------------------
+def evaluate_run(params: dict, data_dir: Path, run_dir: Path, out_csv: Path) -> None:
+    """Write the tidy selection table of one trained run (docs/architecture.md) on the test split."""
+    from softmoe import train
+
+    model = train.load_trained(run_dir, params, expect={"dataset": params["dataset"]})
+    meta = run_metadata(run_dir)
+    total, batches = _test_batches(params, Path(data_dir))
+    frame = selection_table(model, batches, total, params["evaluate"])
+    frame.insert(0, "seed", int(meta["seed"]))
+    frame.insert(0, "n", int(meta["n"]))
+    frame.insert(0, "dataset", meta["dataset"])
+    atomic.write_csv(out_csv, frame[COLUMNS])
+
+
+def run_metadata(run_dir: Path) -> dict[str, str]:
+    """The metadata strings of a run's model.safetensors (dataset, n, seed, kind, img_size, ...)."""
+    path = Path(run_dir) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path}: unreadable ({err}); train the run first (`softmoe train`)") from None
+    missing = [key for key in ("dataset", "n", "seed", "img_size", "in_chans") if key not in meta]
+    if missing:
+        raise UserError(f"{path}: metadata lacks {missing}; retrain the run with this version")
+    return meta
+
+
+def _test_batches(params: dict, data_dir: Path) -> tuple[int, Iterator]:
+    """(test set size, iterator of (model inputs, labels) in batches of evaluate.batch_size)."""
+    from softmoe import data
+
+    size = params["evaluate"]["batch_size"]
+    if data.read_manifest(data_dir, params)["source"] != "imagefolder":
+        images, labels = data.load_split(data_dir, "test", params)
+        return len(labels), ((data.model_inputs(images[i:i + size], params), labels[i:i + size])
+                             for i in range(0, len(labels), size))
+    module = data.ImageDataModule(params, data_dir, seed=0)
+    module.setup()
+    loader = torch.utils.data.DataLoader(module.test_set, batch_size=size)
+    return len(module.test_set), ((data.model_inputs(x, params), y) for x, y in loader)
+
+
+def selection_table(model: torch.nn.Module, batches: Iterable, total: int, cfg: dict) -> pd.DataFrame:
+    """Rows (k, k_frac, method, renormalize, accuracy, std, z, count) for one model.
+
+    batches: (model inputs, int64 labels) covering the `total` test inputs in a fixed order;
+    cfg: params["evaluate"].
+    """
+    n = model.num_experts
+    ks = k_values(n, cfg)
+    modes = [bool(r) for r in cfg["renormalize"]]
+    oracle_k = max(1, math.floor(n * cfg["oracle_fraction"]))
+    if not (oracle_k < n and math.comb(n, oracle_k) <= cfg["oracle_limit"]
+            and hasattr(model, "logit_contributions")):
+        oracle_k = None
+    model.eval()
+    with torch.inference_mode():
+        counts = _correct_counts(model, batches, total, ks, modes, cfg, oracle_k)
+    return _rows(counts, n, ks, modes, cfg["random_seeds"], oracle_k, total)
+
+
+def _correct_counts(model, batches, total, ks, modes, cfg, oracle_k) -> dict:
+    """Number of correct test inputs per method, summed over batches.
+
+    Keys: "all" -> int; ("alg1", r) -> (len(ks),); ("random", r) -> (seeds, len(ks));
+    ("oracle", r) -> (correct int, best-subset indices (N,)). Input i of the test set keeps
+    the first k experts of random permutation i of each seed (selection.random_experts).
+    """
+    n = model.num_experts
+    orders = torch.stack([random_experts(total, n, n, s) for s in cfg["random_seeds"]])  # (seeds, N, n)
+    fast = hasattr(model, "logit_contributions")
+    counts, start = {}, 0
+    for x, y in batches:
+        part = slice(start, start + len(y))
+        start += len(y)
+        if fast:
+            batch = _fast_counts(model, x, y, ks, modes, orders[:, part], oracle_k, cfg["oracle_limit"])
+        else:
+            batch = _generic_counts(model, x, y, ks, modes, orders[:, part])
+        counts = _accumulate(counts, batch)
+    if start != total:
+        raise ValueError(f"the batches held {start} inputs, expected {total}")
+    return counts
+
+
+def _accumulate(counts: dict, batch: dict) -> dict:
+    if not counts:
+        return batch
+    for key, value in batch.items():
+        if key[0] == "oracle":
+            counts[key] = (counts[key][0] + value[0], torch.cat([counts[key][1], value[1]]))
+        else:
+            counts[key] = counts[key] + value
+    return counts
+
+
+def _fast_counts(model, x, y, ks, modes, random_orders, oracle_k, oracle_limit) -> dict:
+    """Exact counts from the per-expert logit contributions (every expert runs once)."""
+    contributions, mass = model.logit_contributions(x)          # (b, n, m, c), (b, m, n)
+    idx = torch.tensor(ks, dtype=torch.long) - 1
+    counts = {"all": int(_hits(contributions.sum(dim=(1, 2)), y).sum())}
+    alg1 = _prefix_hits(contributions, mass, select_experts(mass, mass.shape[2]), y, modes)
+    randoms = [_prefix_hits(contributions, mass, order, y, modes) for order in random_orders]
+    for r in modes:
+        counts[("alg1", r)] = alg1[r][idx]
+        counts[("random", r)] = torch.stack([hits[r][idx] for hits in randoms])
+        if oracle_k is not None:
+            result = _oracle(contributions, mass, y, oracle_k, oracle_limit, r)
+            counts[("oracle", r)] = (int(result.correct.sum()), result.best)
+    return counts
+
+
+def _prefix_hits(contributions, mass, order, y, modes) -> dict[bool, torch.Tensor]:
+    """For k = 1..n, correct inputs when input b keeps its first k experts of order[b]:
+    {renormalize: (n,) counts}."""
+    prefix = _ordered_prefix(contributions, order)
+    return {r: _hits(prefix_logits(prefix, mass, order, r), y.unsqueeze(1)).sum(dim=0) for r in modes}
+
+
+def _ordered_prefix(contributions: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Cumulative sums of the contributions (b, n, m, c) over each input's expert order (b, n):
+    [:, k-1] is the sum over the first k experts."""
+    ordered = contributions.gather(1, order[:, :, None, None].expand_as(contributions))
+    return ordered.cumsum_(dim=1)
+
+
+def prefix_logits(prefix: torch.Tensor, mass: torch.Tensor, order: torch.Tensor,
+                  renormalize: bool) -> torch.Tensor:
+    """Logits (b, n, c) of every k at once: [:, k-1] keeps the first k experts of `order`.
+
+    prefix (b, n, m, c) from the ordered cumulative sums; mass (b, m, n) the combine weight of
+    each expert per token. Renormalized, token t's sum is divided by its kept combine mass."""
+    if renormalize:
+        kept_mass = mass.gather(2, order.unsqueeze(1).expand_as(mass)).cumsum(dim=2)  # (b, m, n)
+        return (prefix / kept_mass.transpose(1, 2).unsqueeze(-1)).sum(dim=2)
+    return prefix.sum(dim=2)
+
+
+def _oracle(contributions, mass, y, k, limit, renormalize):
+    if renormalize:
+        return oracle_subsets(contributions, y, k, limit, mass=mass)
+    return oracle_subsets(contributions.sum(dim=2), y, k, limit)
+
+
+def _generic_counts(model, x, y, ks, modes, random_orders) -> dict:
+    """Counts from the model's own forward pass: Algorithm 1 via k, random subsets via keep."""
+    counts = {"all": int(_hits(model(x), y).sum())}
+    for r in modes:
+        counts[("alg1", r)] = torch.tensor([int(_hits(model(x, k=k, renormalize=r), y).sum()) for k in ks])
+        counts[("random", r)] = torch.tensor(
+            [[int(_hits(model(x, keep=order[:, :k], renormalize=r), y).sum()) for k in ks]
+             for order in random_orders])
+    return counts
+
+
+def _hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=-1) == y
+
+
+def _rows(counts, n, ks, modes, seeds, oracle_k, total) -> pd.DataFrame:
+    rows = []
+    for r in modes:
+        rows.append(_row(n, n, "all", r, counts["all"] / total))
+        alg1 = counts[("alg1", r)].double() / total                       # (ks,)
+        random = counts[("random", r)].double() / total                   # (seeds, ks)
+        mean, std = random.mean(dim=0), random.std(dim=0, correction=1)
+        for i, k in enumerate(ks):
+            rows.append(_row(k, n, "alg1", r, alg1[i].item(), z=z_score(alg1[i], mean[i], std[i])))
+            rows.append(_row(k, n, "random", r, mean[i].item(), std=std[i].item(), count=len(seeds)))
+        if oracle_k is not None:
+            correct, best = counts[("oracle", r)]
+            rows.append(_row(oracle_k, n, "oracle", r, correct / total, count=int(best.unique().numel())))
+    frame = pd.DataFrame(rows)
+    frame["count"] = frame["count"].astype("Int64")
+    return frame
+
+
+def _row(k, n, method, renormalize, accuracy, std=math.nan, z=math.nan, count=None) -> dict:
+    return {"k": k, "k_frac": k / n, "method": method, "renormalize": renormalize,
+            "accuracy": accuracy, "std": std, "z": z, "count": count}
+
+
+def z_score(accuracy, mean, std) -> float:
+    """(accuracy - mean) / std with IEEE semantics: +-inf if std == 0 and they differ, NaN if equal."""
+    diff, std = float(accuracy) - float(mean), float(std)
+    if std == 0.0:
+        return math.nan if diff == 0.0 else math.copysign(math.inf, diff)
+    return diff / std
+
+
+# ---- headline metrics ----------------------------------------------------------------------
+def summarize(params: dict, tables_dir: Path, out_json: Path) -> None:
+    """metrics/<ds>.json for `dvc metrics show`: per n, all experts, Algorithm 1 / random / z at
+    k = n/2, n/4, n/8 without renormalization, and the oracle (means over training seeds)."""
+    selection = _read_table(tables_dir / "selection.csv", COLUMNS)
+    training = _read_table(tables_dir / "training.csv", ["dataset", "n", "seed", "params_total"])
+    selection = selection[selection["dataset"] == params["dataset"]]
+    plain = selection[~selection["renormalize"].astype(bool)]
+    per_n = {}
+    for n, rows in plain.groupby("n"):
+        entry = {"seeds": int(rows["seed"].nunique()),
+                 "all": _mean(rows, "all", n, "accuracy")}
+        params_total = training.loc[training["n"] == n, "params_total"]
+        if len(params_total):
+            entry["params_total"] = int(params_total.iloc[0])
+        for d in HEADLINE_DIVISORS:
+            if n % d == 0 and (alg1 := _mean(rows, "alg1", n // d, "accuracy")) is not None:
+                entry[f"k_n{d}"] = {"alg1": alg1, "random": _mean(rows, "random", n // d, "accuracy"),
+                                    "random_std": _mean(rows, "random", n // d, "std"),
+                                    "z": _mean(rows, "alg1", n // d, "z")}
+        oracle = rows[rows["method"] == "oracle"]
+        if len(oracle):
+            entry["oracle"] = {"k": int(oracle["k"].iloc[0]), "accuracy": float(oracle["accuracy"].mean()),
+                               "distinct_subsets": float(oracle["count"].mean())}
+        per_n[f"n{n}"] = entry
+    atomic.write_json(out_json, {"dataset": params["dataset"], "experts": per_n})
+
+
+def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{path}: table not found; run `softmoe tabulate` for it first")
+    frame = pd.read_csv(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing columns {missing}; rebuild it with `softmoe tabulate`")
+    return frame
+
+
+def _mean(rows: pd.DataFrame, method: str, k: int, column: str) -> float | None:
+    """Mean of `column` over the training seeds for one (method, k); None when absent or not
+    finite (an infinite z), since JSON has no infinity."""
+    values = rows.loc[(rows["method"] == method) & (rows["k"] == k), column].astype(float)
+    if values.empty or values.isna().all():
+        return None
+    mean = float(values.mean())
+    return mean if math.isfinite(mean) else None

@@ -1,0 +1,216 @@
+"""The Soft MoE layer (STUDY.md §2) and its selective path (Algorithm 2, STUDY.md §4).
+
+Shapes: b inputs, m tokens, d = dim, n experts, p slots per expert, s = n*p slots, h = hidden.
+    logits  L = X Φ                                  (b, m, s)
+    dispatch D = softmax(L) over tokens (dim 1)       (b, m, s)   each column sums to 1
+    combine  C = softmax(L) over slots  (dim 2)       (b, m, s)   each row sums to 1
+    slots    X̃ = Dᵀ X                                 (b, s, d)
+    outputs  Ỹ_s = f_j(X̃_s) for the p slots of j      (b, s, d)
+    Y = C Ỹ                                           (b, m, d)
+With `normalize`, X is l2-normalized per token and Φ per column (times a learned scalar);
+the normalized tokens are what is dispatched.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softmoe.selection import select_experts
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+PHI_INITS = ("uniform", "lecun")
+MEMORY_WEIGHT = 50  # multiply-adds one float written costs, for the choice in SoftMoE.token_side
+
+
+class SoftMoE(nn.Module):
+    """Soft MoE with n stacked MLP experts; `keep` runs only the kept experts (Algorithm 2)."""
+
+    def __init__(self, dim: int, num_experts: int, expert_hidden: int, slots_per_expert: int = 1,
+                 normalize: bool = True, bias: bool = False, activation: str = "relu",
+                 phi_init: str = "uniform", renormalize: bool = False):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if phi_init not in PHI_INITS:
+            raise ValueError(f"phi_init must be one of {PHI_INITS}, got {phi_init!r}")
+        if min(dim, num_experts, expert_hidden, slots_per_expert) < 1:
+            raise ValueError("dim, num_experts, expert_hidden and slots_per_expert must be >= 1, got "
+                             f"{dim}, {num_experts}, {expert_hidden}, {slots_per_expert}")
+        self.dim, self.num_experts, self.expert_hidden = dim, num_experts, expert_hidden
+        self.slots_per_expert, self.normalize, self.renormalize = slots_per_expert, normalize, renormalize
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
+        n, h, s = num_experts, expert_hidden, num_experts * slots_per_expert
+        self.phi = nn.Parameter(torch.empty(dim, s))
+        self.scale = nn.Parameter(torch.ones(())) if normalize else None
+        self.w1 = nn.Parameter(torch.empty(n, dim, h))
+        self.w2 = nn.Parameter(torch.empty(n, h, dim))
+        self.b1 = nn.Parameter(torch.empty(n, h)) if bias else None
+        self.b2 = nn.Parameter(torch.empty(n, dim)) if bias else None
+        self.reset_parameters(phi_init)
+
+    def reset_parameters(self, phi_init: str = "uniform") -> None:
+        """Φ: uniform[-1, 1] or LeCun normal; experts: like independent nn.Linear layers."""
+        if phi_init == "uniform":
+            nn.init.uniform_(self.phi, -1.0, 1.0)
+        else:
+            nn.init.normal_(self.phi, std=1.0 / math.sqrt(self.dim))
+        for weight, bias, fan_in in ((self.w1, self.b1, self.dim), (self.w2, self.b2, self.expert_hidden)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(weight, -bound, bound)
+            if bias is not None:
+                nn.init.uniform_(bias, -bound, bound)
+
+    # ---- routing -------------------------------------------------------------------------
+    def _tokens_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens that are dispatched (b, m, d) and the logits L (b, m, s)."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"expected input (batch, tokens, {self.dim}), got {tuple(x.shape)}")
+        if not self.normalize:
+            return x, x @ self.phi
+        tokens = F.normalize(x, dim=-1)
+        phi = F.normalize(self.phi, dim=0) * self.scale           # (d, s)
+        return tokens, tokens @ phi
+
+    def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dispatch, combine), each (b, m, n*p): softmax over tokens, softmax over slots."""
+        _, logits = self._tokens_and_logits(x)
+        return logits.softmax(dim=1), logits.softmax(dim=2)
+
+    # ---- experts, all of them ----------------------------------------------------------------
+    def token_side(self, m: int) -> bool:
+        """Whether the full path with m tokens runs the experts' linear maps on the tokens, not the slots.
+
+        Both forms are exact (the first layer is linear, so X̃_s w1 = Σ_t D_ts X_t w1, and
+        C Ỹ = Σ_s C_ts act(·) w2). The slot form materializes (b, n*p, d) slot tensors, the token
+        form (b, m, n*p, h) hidden ones; the cost per input (multiply-adds, plus 50 per float
+        written, a rough CPU/GPU memory-to-compute ratio) picks the cheaper. Many tiny experts
+        (MNIST n >= 64) take the token form, so n=512 trains about as fast as n=2.
+        """
+        d, n, p, h = self.dim, self.num_experts, self.slots_per_expert, self.expert_hidden
+        slot_cost = n * p * d * (2 * m + 2 * h) + MEMORY_WEIGHT * n * p * (2 * d + h)
+        token_cost = m * n * h * (2 * d + 2 * p) + MEMORY_WEIGHT * 2 * m * n * p * h
+        return token_cost < slot_cost
+
+    def _hidden(self, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Every expert's hidden activations on its p slots: act(X̃ w1 + b1), (b, n, p, h)."""
+        b, m, _ = tokens.shape
+        n, p, d, h = self.num_experts, self.slots_per_expert, self.dim, self.expert_hidden
+        dispatch = logits.softmax(dim=1)                                   # (b, m, s)
+        if self.token_side(m):
+            w1 = self.w1.transpose(0, 1).reshape(d, n * h)                 # (d, n*h)
+            per_token = (tokens @ w1).view(b, m, n, 1, h)                  # X_t w1[j]
+            pre = (dispatch.view(b, m, n, p, 1) * per_token).sum(dim=1)    # (b, n, p, h)
+        else:
+            slots = dispatch.transpose(1, 2) @ tokens                      # X̃ (b, s, d)
+            z = slots.view(b, n, p, d).transpose(0, 1).reshape(n, b * p, d)
+            pre = torch.bmm(z, self.w1).view(n, b, p, h).transpose(0, 1)   # (b, n, p, h)
+        if self.b1 is not None:
+            pre = pre + self.b1.view(1, n, 1, h)
+        return self.act(pre)
+
+    def _second_layer(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Ỹ = hidden w2 + b2 per expert: (b, n, p, h) -> (b, s, d)."""
+        b, n, p, h = hidden.shape
+        z = hidden.transpose(0, 1).reshape(n, b * p, h)
+        z = torch.bmm(z, self.w2) if self.b2 is None else torch.baddbmm(self.b2.unsqueeze(1), z, self.w2)
+        return z.view(n, b, p, self.dim).transpose(0, 1).reshape(b, n * p, self.dim)
+
+    def _combine_all(self, hidden: torch.Tensor, combine: torch.Tensor) -> torch.Tensor:
+        """Y = C Ỹ from the hidden activations (b, n, p, h) and C (b, m, s) -> (b, m, d)."""
+        b, m, _ = combine.shape
+        if not self.token_side(m):
+            return combine @ self._second_layer(hidden)
+        n, p, h = self.num_experts, self.slots_per_expert, self.expert_hidden
+        c = combine.view(b, m, n, p, 1)
+        mixed = (c * hidden.unsqueeze(1)).sum(dim=3).reshape(b, m, n * h)  # Σ_q C_t(j,q) act_(j,q)
+        y = mixed @ self.w2.reshape(n * h, self.dim)                       # (b, m, d)
+        if self.b2 is not None:
+            y = y + c.sum(dim=(3, 4)) @ self.b2                            # Σ_s C_ts b2[j(s)]
+        return y
+
+    def slot_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(combine (b, m, s), hidden (b, n, p, h)) with every expert run, so that
+        Ỹ of slot (j, q) = hidden[:, j, q] @ w2[j] + b2[j]."""
+        tokens, logits = self._tokens_and_logits(x)
+        return logits.softmax(dim=2), self._hidden(tokens, logits)
+
+    def slot_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(combine (b, m, s), Ỹ (b, s, d)) with every expert run: Y(S) = C[:, :, S] @ Ỹ[:, S]."""
+        combine, hidden = self.slot_hidden(x)
+        return combine, self._second_layer(hidden)
+
+    # ---- experts, a subset per input (Algorithm 2) ------------------------------------------
+    def _check_keep(self, keep: torch.Tensor, batch: int) -> None:
+        if keep.dtype != torch.long or keep.dim() != 2 or keep.shape[0] != batch:
+            raise ValueError(f"keep must be a LongTensor (batch={batch}, k), got {keep.dtype} {tuple(keep.shape)}")
+        if keep.numel() and (keep.min() < 0 or keep.max() >= self.num_experts):
+            raise ValueError(f"keep holds expert indices outside [0, {self.num_experts})")
+        ordered = keep.sort(dim=1).values
+        if (ordered[:, 1:] == ordered[:, :-1]).any():
+            raise ValueError("keep lists an expert twice for the same input")
+
+    def _run_grouped(self, slots: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """Each expert on exactly the rows that kept it: slots (P, p, d), expert (P,) -> (P, p, d).
+
+        The rows are grouped by expert, so expert j does one matmul over its c_j rows and
+        experts nobody kept never run.
+        """
+        p, d = self.slots_per_expert, self.dim
+        order = torch.argsort(expert, stable=True)
+        counts = torch.bincount(expert, minlength=self.num_experts).tolist()
+        outputs = []
+        for j, z in enumerate(slots[order].split(counts)):                # z (c_j, p, d)
+            if len(z):
+                outputs.append(self._expert(j, z.reshape(-1, d)).view(-1, p, d))
+        return torch.cat(outputs)[torch.argsort(order)]
+
+    def _expert(self, j: int, z: torch.Tensor) -> torch.Tensor:
+        """f_j on rows (r, d) -> (r, d)."""
+        z = z @ self.w1[j] if self.b1 is None else torch.addmm(self.b1[j], z, self.w1[j])
+        z = self.act(z)
+        return z @ self.w2[j] if self.b2 is None else torch.addmm(self.b2[j], z, self.w2[j])
+
+    def _forward_kept(self, tokens: torch.Tensor, logits: torch.Tensor, keep: torch.Tensor,
+                      renormalize: bool) -> torch.Tensor:
+        """Algorithm 2: only the kept experts' slots are filled, run and combined (b, m, d).
+
+        Dropping an expert's output rows from C Ỹ is the same as zeroing them. Without
+        renormalization C keeps the weights of the softmax over all slots; with it, C is the
+        softmax over the kept slots only. D is the softmax over tokens, column by column, so
+        the kept columns are unchanged.
+        """
+        b, m, _ = logits.shape
+        p, d, k = self.slots_per_expert, self.dim, keep.shape[1]
+        kept_slots = (keep.unsqueeze(2) * p + torch.arange(p, device=keep.device)).view(b, 1, k * p)
+        kept_logits = logits.gather(2, kept_slots.expand(b, m, k * p))    # (b, m, k*p)
+        slots = kept_logits.softmax(dim=1).transpose(1, 2) @ tokens       # X̃ of kept slots (b, k*p, d)
+        outputs = self._run_grouped(slots.view(b * k, p, d), keep.flatten())  # (b*k, p, d)
+        if renormalize:
+            combine = kept_logits.softmax(dim=2)
+        else:
+            combine = logits.softmax(dim=2).gather(2, kept_slots.expand(b, m, k * p))
+        return combine @ outputs.view(b, k * p, d)                        # (b, m, d)
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None,
+                renormalize: bool | None = None, k: int | None = None) -> torch.Tensor:
+        """x (b, m, d) -> (b, m, d). keep (b, k): only those experts run (others output zero).
+
+        k instead of keep: Algorithm 1 picks, per input, the k experts with the largest combine
+        weight. renormalize (None = the module default) makes C the softmax over the kept slots
+        only; otherwise C is not renormalized (Algorithm 1). D is never changed.
+        """
+        tokens, logits = self._tokens_and_logits(x)
+        if keep is None and k is None:
+            return self._combine_all(self._hidden(tokens, logits), logits.softmax(dim=2))
+        if keep is None:
+            keep = select_experts(logits.softmax(dim=2), k, self.slots_per_expert)
+        elif k is not None:
+            raise ValueError("pass either keep or k, not both")
+        self._check_keep(keep, x.shape[0])
+        renormalize = self.renormalize if renormalize is None else renormalize
+        return self._forward_kept(tokens, logits, keep, renormalize)

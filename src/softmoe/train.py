@@ -1,0 +1,367 @@
+"""One model of the expert grid (dataset, n, seed) trained with Lightning, resumable.
+
+Run folder (docs/architecture.md): model.safetensors (+ metadata), metrics.json, curves.csv,
+checkpoints/last.ckpt (written at the end of every epoch), dvclive/. A rerun with
+checkpoints/last.ckpt present continues from it (after a crash or kill -9) and ends with the same
+weights and metrics as an uninterrupted run: the checkpoint holds the model, optimizer, schedule,
+loop counters, the curves so far and the RNG states, and the shuffling is a function of
+(seed, epoch). The test split is evaluated after every epoch for the curves only; the reported
+test metrics are those of the last weights (no checkpoint is picked on the test set).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from softmoe import atomic
+from softmoe.data import ImageDataModule, model_inputs
+from softmoe.errors import UserError
+from softmoe.layer import SoftMoE
+from softmoe.models import VIT_DEFAULTS, build_model, count_parameters
+
+import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.data, which prepares torchvision)
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
+
+# params.train keys that may differ between a run and its resumption (where it runs, not what).
+HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers")
+CURVE_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
+
+
+class Classifier(pl.LightningModule):
+    """Owns the optimization of one image classifier: cross-entropy (label smoothing, or timm
+    Mixup/CutMix soft targets), Adam/AdamW/LAMB, constant or cosine schedule with linear warmup."""
+
+    def __init__(self, params: dict, model: nn.Module, run: dict, num_classes: int):
+        super().__init__()
+        self.params, self.model, self.run = params, model, run
+        self.curves: list[dict] = []
+        self.train_time_s = 0.0
+        self._started = time.perf_counter()
+        self._sums = torch.zeros(3)
+        self.mixup = _mixup(params["train"], num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(model_inputs(images, self.params))
+
+    # ---- optimization --------------------------------------------------------------------
+    def configure_optimizers(self):
+        t = self.params["train"]
+        optimizer = _optimizer(self.model, t["optimizer"], t["lr"], t.get("weight_decay", 0.0))
+        total = self.trainer.estimated_stepping_batches
+        warmup = t.get("warmup_epochs", 0) * self.trainer.num_training_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, warmup, t["schedule"]))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_epoch_start(self) -> None:
+        self._sums = torch.zeros(3, device=self.device)     # loss * count, correct, count
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        x = model_inputs(images, self.params)
+        if self.mixup is not None:
+            x, soft = self.mixup(x, labels)
+            logits = self.model(x)
+            loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, labels,
+                                   label_smoothing=self.params["train"].get("label_smoothing", 0.0))
+        if not torch.isfinite(loss):
+            self._stop_on_bad_loss(loss)
+        self._sums += _batch_sums(loss, logits, labels)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """At max_steps in the middle of an epoch, ask Lightning to stop like early stopping does,
+        so that this last partial epoch is also validated and checkpointed."""
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True
+
+    def _stop_on_bad_loss(self, loss: torch.Tensor):
+        last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        good = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint yet"
+        raise UserError(
+            f"train loss became {loss.item()} at step {self.global_step + 1} (epoch "
+            f"{self.current_epoch + 1}); run stopped, {good}. A rerun resumes there and meets the "
+            "same step: lower train.lr (then delete the checkpoints folder) or check the data")
+
+    # ---- per-epoch curves: the test split as Lightning's validation set ----------------------
+    def on_validation_epoch_start(self) -> None:
+        self._test_sums = torch.zeros(3, device=self.device)
+
+    def validation_step(self, batch, batch_idx) -> None:
+        images, labels = batch
+        logits = self(images)
+        self._test_sums += _batch_sums(F.cross_entropy(logits, labels), logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        """One row of curves.csv (runs before the epoch's checkpoint is written, so the
+        checkpoint holds the curves up to and including its own epoch)."""
+        train = self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
+        test = self._test_sums.tolist()    # every process evaluated the whole test split
+        row = {"epoch": self.current_epoch + 1, "step": self.global_step,
+               "train_loss": train[0] / train[2], "train_accuracy": train[1] / train[2],
+               "test_loss": test[0] / test[2], "test_accuracy": test[1] / test[2]}
+        self.curves.append(row)
+        for logger in self.loggers:
+            logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=self.global_step,
+                               sync=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        elapsed = self.train_time_s + time.perf_counter() - self._started
+        checkpoint["softmoe"] = {"run": self.run, "curves": self.curves, "rng": _rng_state(),
+                                 "train_time_s": elapsed}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["softmoe"]
+        self.curves, self.train_time_s = state["curves"], state["train_time_s"]
+        self._started = time.perf_counter()
+        _set_rng_state(state["rng"])
+
+    def train_time(self) -> float:
+        return self.train_time_s + time.perf_counter() - self._started
+
+
+def _batch_sums(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[loss * count, correct, count] of one batch, for exact epoch means without a sync per step."""
+    count = float(len(labels))
+    correct = (logits.argmax(1) == labels).sum().float()
+    return torch.stack([loss.detach() * count, correct, loss.new_tensor(count)])
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base lr at optimizer step `step`: linear warmup, then constant or cosine
+    decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """adam / adamw (torch) or lamb (timm); weight decay skips biases, scales and other <=1-d
+    parameters (the DeiT/timm convention)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "lamb":
+        from timm.optim import Lamb
+        return Lamb(groups, lr=lr)
+    raise UserError(f"key 'train.optimizer': {name!r} is not supported; use adam, adamw or lamb")
+
+
+def _mixup(train: dict, num_classes: int):
+    """timm Mixup/CutMix (with label smoothing in its soft targets) when either alpha is > 0."""
+    if not (train.get("mixup", 0) or train.get("cutmix", 0)):
+        return None
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=train.get("mixup", 0.0), cutmix_alpha=train.get("cutmix", 0.0),
+                 label_smoothing=train.get("label_smoothing", 0.0), num_classes=num_classes)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": np_state[2], "numpy_gauss": [np_state[3], np_state[4]],
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
+                         state["numpy_pos"], *state["numpy_gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, params: dict, device: torch.device | str) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the model on every batch of the loader, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(model_inputs(images, params))
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += len(labels)
+    model.train(was_training)
+    return loss_sum / count, correct / count
+
+
+# ---- one run ---------------------------------------------------------------------------------
+def train_run(params: dict, data_dir: Path, n: int, seed: int, out: Path) -> dict:
+    """Train (or resume) the model with n experts on the prepared data; write the run folder.
+
+    Returns metrics.json's content (an empty dict on the non-zero ranks of a DDP run)."""
+    out = Path(out)
+    datamodule = ImageDataModule(params, data_dir, seed)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = build_model(params, n, datamodule.num_classes, datamodule.in_chans)
+    run = _run_identity(params, datamodule, n, seed)
+    module = Classifier(params, model, run, datamodule.num_classes)
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        step = _check_resumable(last, run)
+        _say(f"softmoe train: resuming {last} (step {step})")
+    trainer = _trainer(params, out, resume=last.is_file())
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None,
+                    weights_only=True)
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of GPU memory with train.batch_size={params['train']['batch_size']}: "
+                        "reduce train.batch_size in params.yaml (or add devices)") from None
+    if not trainer.is_global_zero:
+        return {}
+    return _write_outputs(params, module, datamodule, trainer, out)
+
+
+def _run_identity(params: dict, datamodule: ImageDataModule, n: int, seed: int) -> dict:
+    """What a checkpoint must match to be resumed: dataset, n, seed, model, recipe, data."""
+    manifest = json.dumps(datamodule.manifest, sort_keys=True).encode()
+    return {"dataset": datamodule.manifest["dataset"], "n": n, "seed": seed,
+            "model": params["model"],
+            "train": {k: v for k, v in params["train"].items() if k not in HARDWARE_KEYS},
+            "data_sha256": hashlib.sha256(manifest).hexdigest()}
+
+
+@rank_zero_only
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _check_resumable(path: Path, run: dict) -> int:
+    """The global step of a checkpoint of this run; refuse one of another run (dataset, n, seed,
+    recipe or data)."""
+    fix = f"delete {path.parent} to train this run from the start, or use another --out"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise UserError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]}); {fix}") from None
+    other = checkpoint.get("softmoe", {}).get("run", {})
+    diff = sorted(k for k in set(run) | set(other) if run.get(k) != other.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {other.get(k)!r} (now {run.get(k)!r})" for k in diff
+                          if k in ("dataset", "n", "seed")) or ", ".join(diff)
+        raise UserError(f"{path}: checkpoint of another run ({shown}); resuming it would mix two "
+                        f"runs; {fix}")
+    return checkpoint["global_step"]
+
+
+def _trainer(params: dict, out: Path, resume: bool) -> pl.Trainer:
+    from dvclive.lightning import DVCLiveLogger
+
+    t = params["train"]
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # One file, checkpoints/last.ckpt, rewritten after every epoch's validation (Lightning resumes
+    # correctly from there; from a save at on_train_epoch_end without validation it does not).
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1,
+                                 every_n_epochs=1, save_on_train_epoch_end=False,
+                                 enable_version_counter=False)
+    logger = DVCLiveLogger(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False,
+                           resume=resume)
+    return pl.Trainer(
+        accelerator=t.get("accelerator", "auto"), devices=t.get("devices", 1),
+        num_nodes=t.get("num_nodes", 1), strategy=t.get("strategy", "auto"),
+        precision=t.get("precision", "32-true"),
+        max_steps=t["max_steps"] or -1, max_epochs=None if t["max_steps"] else t["epochs"],
+        deterministic=True, use_distributed_sampler=False, logger=logger, callbacks=[checkpoint],
+        enable_progress_bar=interactive, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=1, default_root_dir=str(out))
+
+
+def _write_outputs(params: dict, module: Classifier, datamodule: ImageDataModule,
+                   trainer: pl.Trainer, out: Path) -> dict:
+    """Evaluate the last weights on the test split; write model, curves and metrics."""
+    model, run = module.model, module.run
+    test_loss, test_accuracy = evaluate(model, datamodule.test_dataloader(), params, module.device)
+    counts = count_parameters(model)
+    shape = datamodule.manifest["image_shape"]
+    metadata = {"dataset": run["dataset"], "n": run["n"], "seed": run["seed"],
+                "kind": params["model"]["kind"], "num_classes": datamodule.num_classes,
+                "img_size": shape[-1] if params["model"]["kind"] == "mnist" else _vit_img_size(params),
+                "in_chans": datamodule.in_chans}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic.atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    atomic.write_csv(out / "curves.csv", pd.DataFrame(module.curves, columns=CURVE_COLUMNS))
+    metrics = {"dataset": run["dataset"], "n": run["n"], "seed": run["seed"],
+               "test_accuracy": test_accuracy, "test_loss": test_loss,
+               "train_loss": module.curves[-1]["train_loss"] if module.curves else None,
+               "params_total": counts["total"], "params_experts": counts["experts"],
+               "expert_hidden": next(m for m in model.modules() if isinstance(m, SoftMoE)).expert_hidden,
+               "epochs": len(module.curves), "steps": trainer.global_step,
+               "wall_time_s": round(module.train_time(), 3), "device": _device_name(module.device),
+               "threads": torch.get_num_threads()}
+    atomic.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _vit_img_size(params: dict) -> int:
+    return params["model"].get("img_size", VIT_DEFAULTS["img_size"])
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+# ---- reading a trained model -----------------------------------------------------------------
+def load_trained(run_dir: Path, params: dict, expect: dict | None = None) -> nn.Module:
+    """The trained model of a run folder in eval mode, refused (UserError) when its metadata
+    (kind, and every key of `expect`, e.g. {"dataset": "mnist5k", "n": 16}) differs."""
+    path = Path(run_dir) / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; train the run first (`softmoe train ... --out {run_dir}`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path}: unreadable ({err}); retrain the run") from None
+    expected = {"kind": params["model"]["kind"], **(expect or {})}
+    if expected["kind"] == "vit":
+        expected.setdefault("img_size", _vit_img_size(params))
+    wrong = {k: (meta.get(k), str(v)) for k, v in expected.items() if meta.get(k) != str(v)}
+    if wrong:
+        shown = ", ".join(f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items())
+        raise UserError(f"{path}: a model of another run ({shown}); point at the right run folder "
+                        "or retrain it with the current params.yaml")
+    model = build_model(params, int(meta["n"]), int(meta["num_classes"]), int(meta["in_chans"]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit the model of params.yaml "
+                        f"({str(err).splitlines()[0]}); retrain the run") from None
+    return model.eval()

