@@ -76,7 +76,7 @@ JobAcctGatherType=jobacct_gather/none"
 fi
 mkdir -p /etc/slurm
 # DefMemPerCPU: without it a job that asks for no memory gets the whole node.
-# MinJobAge=300: finished jobs stay visible to squeue long enough for Snakemake's status checks.
+# MinJobAge=3600: finished jobs stay visible to squeue/scontrol for an hour (status checks, tests).
 cat >/etc/slurm/slurm.conf <<EOF
 ClusterName=ci
 SlurmctldHost=${H}(127.0.0.1)
@@ -102,7 +102,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1000
 ReturnToService=2
-MinJobAge=300
+MinJobAge=3600
 ${acct}
 JobCompType=jobcomp/none
 NodeName=${H} NodeAddr=127.0.0.1 CPUs=${NCPU} RealMemory=${MEM} State=UNKNOWN

@@ -11,7 +11,8 @@ def torch_defaults():
     def reset():
         if torch.are_deterministic_algorithms_enabled():   # the setter costs seconds on first use
             torch.use_deterministic_algorithms(False)
-        os.environ.pop("PL_GLOBAL_SEED", None)
+        for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+            os.environ.pop(name, None)
         torch.set_num_threads(1)
 
     reset()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 
 import pytest
 import torch
@@ -29,12 +30,10 @@ def quick(tmp_path_factory):
     _tsv(root / "results/benchmarks/train/mnist5k/n2-s0.tsv", [1.5])
     _tsv(root / "results/benchmarks/train/mnist5k/n4-s0.tsv", [2.5])
     _tsv(root / "results/benchmarks/evaluate/n2.tsv", [0.25, 0.5])
-    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv(bench.DEVICES_ENV, "cpu")
         assert cli.main(["bench", "--quick", "--out", "out/b.json", "--md", "out/b.md"]) == 0
-    torch.set_num_threads(threads)
     return json.loads((root / "out/b.json").read_text()), (root / "out/b.md").read_text()
 
 
@@ -53,6 +52,7 @@ def test_quick_json_structure(quick):
     assert {(r["config"], r["n"], r["formulation"]) for r in result["layer"]} == expected
     for r in result["layer"] + result["selective"] + result["training"]:
         assert r["q25_ms"] <= r["median_ms"] <= r["q75_ms"] and 0 < r["min_ms"] <= r["q25_ms"]
+        assert 0 < r["cpu_q25_ms"] <= r["cpu_median_ms"] <= r["cpu_q75_ms"]
     assert {r["n"] for r in result["training"]} == set(plan.train_experts)
     assert result["workflow"] is None and result["peak"]["cpu"]["size"] == plan.peak_size
 
@@ -68,9 +68,10 @@ def test_layer_ratios_flops_and_peak_share_come_from_the_times(quick):
         # the counted FLOPs of one forward+backward: 14*b*m*d*s routing + 12*b*s*d*h experts
         b, m, d, s, h = r["batch"], r["tokens"], r["dim"], r["n"], r["hidden"]
         assert r["flops"] == base["flops"] == 14 * b * m * d * s + 12 * b * s * d * h
-        assert _close(r["ratio_to_ours"], r["median_ms"] / base["median_ms"])
-        assert _close(r["gflops"], r["flops"] / r["median_ms"] / 1e6)
-        assert _close(r["peak_share"], r["gflops"] / peak["gflops"])
+        for clock in ("", "cpu_"):       # wall clock and process CPU time
+            assert _close(r[f"{clock}ratio_to_ours"], r[f"{clock}median_ms"] / base[f"{clock}median_ms"])
+            assert _close(r[f"{clock}gflops"], r["flops"] / r[f"{clock}median_ms"] / 1e6)
+            assert _close(r[f"{clock}peak_share"], r[f"{clock}gflops"] / peak[f"{clock}gflops"])
 
 
 def test_selective_ratios_come_from_the_times(quick):
@@ -86,7 +87,8 @@ def test_selective_ratios_come_from_the_times(quick):
         n = key[1]
         assert [r["k"] for r in selective] == sorted(bench._ks(n, bench.QUICK.fractions))
         for r in group:
-            assert _close(r["ratio"], r["median_ms"] / dense[0]["median_ms"])
+            for clock in ("", "cpu_"):
+                assert _close(r[f"{clock}ratio"], r[f"{clock}median_ms"] / dense[0][f"{clock}median_ms"])
             assert _close(r["ideal"], r["k"] / n)
             assert _close(r["flop_ratio"], r["flops"] / dense[0]["flops"])
         # the keep path runs fewer experts for smaller k: strictly fewer FLOPs
@@ -97,7 +99,8 @@ def test_selective_ratios_come_from_the_times(quick):
 def test_training_and_study_benchmarks(quick):
     result, _ = quick
     for r in result["training"]:
-        assert _close(r["samples_per_s"], r["batch"] / (r["median_ms"] / 1e3))
+        for clock in ("", "cpu_"):
+            assert _close(r[f"{clock}samples_per_s"], r["batch"] / (r[f"{clock}median_ms"] / 1e3))
     study = result["study"]
     assert study["found"]
     assert {r["rule"]: (r["jobs"], r["seconds"]) for r in study["rules"]} == {"evaluate": (1, 0.75), "train": (2, 4.0)}
@@ -114,6 +117,7 @@ def test_targets_and_markdown_follow_the_json(quick):
         if r["formulation"] != "ours":
             others[r["n"]] = min(others.get(r["n"], math.inf), r["median_ms"])
     assert fastest["met"] == all(ours[n] <= others[n] for n in ours)
+    assert isinstance(fastest["cpu_met"], bool) and fastest["cpu_measured"]
     assert md.count("| cpu | tiny |") == len(result["layer"])
     assert md.count("| cpu | mnist |") + md.count("| cpu | wide |") == len(result["selective"])
     assert "| train | 2 | 4.0 |" in md and "skipped (--quick)" in md
@@ -124,7 +128,7 @@ def _fake_result(times: dict, flops: dict | None = None, selective_ratio: float 
     layer = [{"device": "cpu", "config": "c", "n": n, "formulation": f, "median_ms": t, "flops": flops.get(n, 1)}
              for (n, f), t in times.items()]
     selective = [{"device": "cpu", "config": "wide", "batch": 100, "n": 8, "k": 2, "ratio": selective_ratio,
-                  "ideal": 0.25, "flop_ratio": 0.27}]
+                  "ideal": 0.25, "flop_ratio": 0.27, "layers": 2, "hidden": 64}]
     return {"layer": layer, "selective": selective}
 
 
@@ -139,7 +143,8 @@ def test_targets_judge_the_issue_thresholds():
     assert loop["measured"] == "3.50x" and not loop["met"]
     big = out["cpu/c: ours at n=512 within 2x of n=2"]
     assert big["measured"] == "3.00x (FLOP ratio 4.50x)" and not big["met"]
-    assert not out["cpu/wide: k=n/4, batch 100 time ratio <= 0.35 of k=n"]["met"]
+    assert not out["cpu/wide (2 layer(s), hidden 64): k=n/4, batch 100 time ratio <= 0.35 of k=n"]["met"]
+    assert all("cpu_met" not in t for t in out.values())      # no CPU clock in these rows
     times[(64, "vmap")], times[(64, "loop")], times[(512, "ours")] = 2.5, 8.0, 2.0
     assert all(t["met"] for t in bench.targets(_fake_result(times, selective_ratio=0.35)))
 
@@ -171,6 +176,12 @@ def test_summaries_counts_and_interleaving():
     out = bench.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 2, 3)
     assert calls == ["a", "b"] * 2 + ["a", "b", "b", "a", "a", "b"]     # warm-up, then rotated order
     assert {k: v["repeats"] for k, v in out.items()} == {"a": 3, "b": 3}
+    calls.clear()         # over budget: "slow" gets one warm-up and min_repeats timed calls
+    out = bench.time_interleaved({"fast": lambda: calls.append("fast"),
+                                  "slow": lambda: (calls.append("slow"), time.sleep(0.02))},
+                                 "cpu", 3, 9, budget_s=2 * 0.02, min_repeats=2)
+    assert calls.count("slow") == 1 + 2 and out["slow"]["repeats"] == 2
+    assert calls.count("fast") == 3 + 9 and out["fast"]["repeats"] == 9
     a, b = torch.randn(3, 4), torch.randn(4, 5)
     assert bench.count_flops(lambda: a @ b) == 2 * 3 * 4 * 5
 

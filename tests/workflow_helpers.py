@@ -13,7 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "src", "config"]
+PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", ".gitignore", "workflow", "profiles", "src", "config"]
 
 
 def tiny_params() -> dict:
@@ -49,6 +49,8 @@ def make_project(dest: Path, params: dict | None = None, dvc: bool = True) -> Pa
         run(["git", "init", "-q"], dest)
         run(["dvc", "init", "-q"], dest)
         run(["dvc", "config", "core.analytics", "false"], dest)
+        run(["git", "add", "-A"], dest)
+        run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny study"], dest)
     return dest
 
 
@@ -74,3 +76,26 @@ def file_hashes(root: Path, folders=("results", "metrics", "data"), skip=()) -> 
             if path.is_file() and not any(word in rel for word in skip):
                 out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+# Snakemake's own DAG of a project (pinned Snakemake 9.27: uses the API's workflow object).
+_SNAKEMAKE_JOBS = """
+import json
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import DAGSettings, OutputSettings, ResourceSettings
+with SnakemakeApi(OutputSettings()) as api:
+    wapi = api.workflow(resource_settings=ResourceSettings(cores=2),
+                        snakefile=Path("Snakefile").resolve(), workdir=Path(".").resolve())
+    wf = wapi.dag(dag_settings=DAGSettings(forceall=True)).workflow_api._workflow
+    wf._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+    wf._build_dag()
+    print(json.dumps([[j.rule.name, j.shellcmd, [str(o) for o in j.output]] for j in wf.dag.jobs]))
+"""
+
+
+def snakemake_jobs(project: Path) -> list[tuple[str, str, list[str]]]:
+    """(rule, shell command, outputs) of every job Snakemake would run from scratch."""
+    import json
+    proc = run([sys.executable, "-c", _SNAKEMAKE_JOBS], project)
+    return json.loads(proc.stdout.strip().splitlines()[-1])

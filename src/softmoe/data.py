@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from softmoe import atomic
 from softmoe.errors import UserError
+from softmoe.models import VIT_DEFAULTS
 from softmoe.vision import import_torchvision
 
 import_torchvision()  # before Lightning, which imports torchvision through torchmetrics
@@ -44,7 +45,8 @@ IMAGEFOLDER_SPLITS = {"train": "train", "test": "val"}   # our split -> folder u
 
 
 def _rerun(data_dir: Path) -> str:
-    return (f"rerun `softmoe prepare --dataset <name> --out {data_dir}` "
+    """The fix for missing, corrupted or stale prepared data (folders are data/<dataset>)."""
+    return (f"rerun `softmoe prepare --dataset {Path(data_dir).name} --out {data_dir}` "
             f"(or `snakemake {data_dir}/{MANIFEST}`)")
 
 
@@ -102,8 +104,9 @@ def _torchvision(dataset: str, entry: dict) -> dict:
         test = cls(str(root), train=False, download=False)
     except (RuntimeError, OSError, ValueError, TypeError, KeyError) as err:
         tried = "download failed and " if download else ""
+        reason = " ".join(str(err).split())[:300]
         raise UserError(
-            f"dataset {dataset!r}: {tried}no usable copy in {root}/ ({str(err).splitlines()[0]}). "
+            f"dataset {dataset!r}: {tried}no usable copy in {root}/ ({reason}). "
             f"Either put the files there ({root}/{layout}; download: true fetches them when "
             f"online), or use the embedded data: set `dataset: mnist5k` in params.yaml") from None
     return {"train": _as_tensors(train), "test": _as_tensors(test), "num_classes": len(train.classes)}
@@ -270,10 +273,15 @@ def model_inputs(images: torch.Tensor, params: dict) -> torch.Tensor:
                             f"{channels} channels; give 1 or {channels}")
     x = images.float().div_(255)
     x = (x - x.new_tensor(mean).view(1, -1, 1, 1)) / x.new_tensor(std).view(1, -1, 1, 1)
-    size = params["model"].get("img_size")
-    if params["model"]["kind"] == "vit" and size and tuple(x.shape[-2:]) != (size, size):
+    size = vit_img_size(params)
+    if params["model"]["kind"] == "vit" and tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x
+
+
+def vit_img_size(params: dict) -> int:
+    """The input size of the ViT models: params.model.img_size, else the ViT-B/16 default."""
+    return params["model"].get("img_size", VIT_DEFAULTS["img_size"])
 
 
 # ---- datasets and the DataModule -----------------------------------------------------------
@@ -371,7 +379,7 @@ class ImageDataModule(pl.LightningDataModule):
             self.test_set = InMemoryImages(*load_split(self.data_dir, "test", self.params))
             return
         root = Path(self.manifest["params"]["root"])
-        size = self.params["model"].get("img_size", 224)
+        size = vit_img_size(self.params)
         self.train_set = ImageFolderImages(root, "train", self.manifest, size, train=True)
         self.test_set = ImageFolderImages(root, "test", self.manifest, size, train=False)
 
@@ -384,13 +392,20 @@ class ImageDataModule(pl.LightningDataModule):
         if batch % world:
             raise UserError(f"key 'train.batch_size': {batch} is the global batch and must be "
                             f"divisible by the {world} processes (devices x num_nodes)")
+        t = self.params["train"]
+        if (t.get("mixup") or t.get("cutmix")) and (batch // world) % 2:
+            raise UserError(f"key 'train.batch_size': mixup/cutmix needs an even batch per process, "
+                            f"got {batch} / {world} = {batch // world}")
         return batch // world
 
     def _loader(self, dataset: Dataset, sampler=None, drop_last: bool = False) -> DataLoader:
         collate = _whole_batch if self.in_memory else None
+        # Its own generator: creating an iterator then draws its worker base seed from there, not
+        # from the global RNG that dropout and mixup use (Lightning creates iterators a different
+        # number of times in a resumed run than in an uninterrupted one).
         return DataLoader(dataset, batch_size=self.per_device_batch(), sampler=sampler,
                           num_workers=self.params["train"].get("num_workers", 0), collate_fn=collate,
-                          drop_last=drop_last)
+                          drop_last=drop_last, generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()

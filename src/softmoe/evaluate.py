@@ -28,6 +28,7 @@ from softmoe.selection import oracle_subsets, random_experts, select_experts
 
 COLUMNS = ["dataset", "n", "seed", "k", "k_frac", "method", "renormalize", "accuracy", "std", "z", "count"]
 HEADLINE_DIVISORS = (2, 4, 8)   # summarize: k = n/2, n/4, n/8
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---- one trained model ---------------------------------------------------------------------
@@ -87,7 +88,7 @@ def selection_table(model: torch.nn.Module, batches: Iterable, total: int, cfg: 
     if not (oracle_k < n and math.comb(n, oracle_k) <= cfg["oracle_limit"]
             and hasattr(model, "logit_contributions")):
         oracle_k = None
-    model.eval()
+    model.eval().to(DEVICE)
     with torch.inference_mode():
         counts = _correct_counts(model, batches, total, ks, modes, cfg, oracle_k)
     return _rows(counts, n, ks, modes, cfg["random_seeds"], oracle_k, total)
@@ -107,10 +108,11 @@ def _correct_counts(model, batches, total, ks, modes, cfg, oracle_k) -> dict:
     for x, y in batches:
         part = slice(start, start + len(y))
         start += len(y)
+        x, y, order = x.to(DEVICE), y.to(DEVICE), orders[:, part].to(DEVICE)
         if fast:
-            batch = _fast_counts(model, x, y, ks, modes, orders[:, part], oracle_k, cfg["oracle_limit"])
+            batch = _fast_counts(model, x, y, ks, modes, order, oracle_k, cfg["oracle_limit"])
         else:
-            batch = _generic_counts(model, x, y, ks, modes, orders[:, part])
+            batch = _generic_counts(model, x, y, ks, modes, order)
         counts = _accumulate(counts, batch)
     if start != total:
         raise ValueError(f"the batches held {start} inputs, expected {total}")
@@ -121,7 +123,7 @@ def _accumulate(counts: dict, batch: dict) -> dict:
     if not counts:
         return batch
     for key, value in batch.items():
-        if key[0] == "oracle":
+        if isinstance(value, tuple):                 # oracle: (correct, best subsets)
             counts[key] = (counts[key][0] + value[0], torch.cat([counts[key][1], value[1]]))
         else:
             counts[key] = counts[key] + value
@@ -131,13 +133,13 @@ def _accumulate(counts: dict, batch: dict) -> dict:
 def _fast_counts(model, x, y, ks, modes, random_orders, oracle_k, oracle_limit) -> dict:
     """Exact counts from the per-expert logit contributions (every expert runs once)."""
     contributions, mass = model.logit_contributions(x)          # (b, n, m, c), (b, m, n)
-    idx = torch.tensor(ks, dtype=torch.long) - 1
+    idx = torch.tensor(ks, dtype=torch.long, device=x.device) - 1
     counts = {"all": int(_hits(contributions.sum(dim=(1, 2)), y).sum())}
     alg1 = _prefix_hits(contributions, mass, select_experts(mass, mass.shape[2]), y, modes)
     randoms = [_prefix_hits(contributions, mass, order, y, modes) for order in random_orders]
     for r in modes:
-        counts[("alg1", r)] = alg1[r][idx]
-        counts[("random", r)] = torch.stack([hits[r][idx] for hits in randoms])
+        counts[("alg1", r)] = alg1[r][idx].cpu()
+        counts[("random", r)] = torch.stack([hits[r][idx] for hits in randoms]).cpu()
         if oracle_k is not None:
             result = _oracle(contributions, mass, y, oracle_k, oracle_limit, r)
             counts[("oracle", r)] = (int(result.correct.sum()), result.best)
@@ -171,6 +173,8 @@ def prefix_logits(prefix: torch.Tensor, mass: torch.Tensor, order: torch.Tensor,
 
 
 def _oracle(contributions, mass, y, k, limit, renormalize):
+    """selection.oracle_subsets on the CPU (small n only: comb(n, k) <= limit)."""
+    contributions, mass, y = contributions.cpu(), mass.cpu(), y.cpu()
     if renormalize:
         return oracle_subsets(contributions, y, k, limit, mass=mass)
     return oracle_subsets(contributions.sum(dim=2), y, k, limit)

@@ -65,8 +65,8 @@ FIGURES = {
         "random seeds) and all experts (gray), one colour per k = n·fraction (paper figure 2). "
         "Left: the paper's Algorithm 1; right: the renormalized ablation."),
     "fig3_synthetic_loss": (
-        "Synthetic ||x||_2 regression: training loss",
-        "MSE training loss (log scale) of the Soft MoE regressor of ||x||_2, one line per "
+        "Synthetic ‖x‖₂ regression: training loss",
+        "MSE training loss (log scale) of the Soft MoE regressor of ‖x‖₂, one line per "
         "expert count n, one panel per tokenization (tokens x dim); dotted: the paper's "
         "plateaus (read off its plot). Theorem 1: a single expert cannot fit the target."),
     "fig3_proof_check": (
@@ -82,8 +82,8 @@ FIGURES = {
     "fig5_latency": (
         "Inference time of the selective path",
         "Median time of the Soft MoE layers with only k experts running, divided by the time "
-        "with all n (error bars: quartiles), against k/n, per configuration and batch size; "
-        "dashed: the ideal k/n; hollow markers: the paper's ratios (table 3)."),
+        "with all n (error bars: quartiles), against k/n, one line per configuration, one panel "
+        "per batch size; dashed: the ideal k/n; hollow diamonds: the paper's ratios (table 3)."),
     "fig6_training_curves": (
         "Training curves",
         "Test accuracy (logged only, never used to choose a checkpoint) and training loss "
@@ -337,12 +337,17 @@ def _fig3_proof(proof: pd.DataFrame | None, params: dict) -> Figure | str:
         return "synthetic_proof.csv missing or empty (proof step not run)"
     toks = _tokenizations(proof, params)
     colours = dict(zip(sorted(set(proof["case"])), sns.color_palette("deep")))
+    positive = proof.loc[proof["slot_gap"] > 0, "slot_gap"]
+    floor = positive.min() / 100 if len(positive) else 1e-16  # where exact zeros are drawn
     fig, axes = _panels(len(toks), sharey=True)
     for ax, tok in zip(axes, toks):
         for case, rows in proof[proof["tokens"] == tok].sort_values("a").groupby("case"):
-            ax.plot(rows["a"], rows["slot_gap"], color=colours[case], marker="o", label=f"{case}: slot-input gap")
+            ax.plot(rows["a"], rows["slot_gap"].where(rows["slot_gap"] > 0, floor), color=colours[case],
+                    marker="o", label=f"{case}: slot-input gap")
             ax.plot(rows["a"], rows["norm_gap"], color=colours[case], ls="--", marker="^",
                     label=f"{case}: norm gap")
+        if (proof["slot_gap"] <= 0).any():
+            ax.axhline(floor, color="0.5", ls=":", lw=1, label="slot gap exactly 0 (drawn here)")
         ax.set_xscale("log")
         ax.set_yscale("log", nonpositive="mask")
         ax.set(title=f"{tok}, n = 1", xlabel="scale a of the input pair", ylabel="gap")
@@ -391,24 +396,28 @@ def _fig4(selection: pd.DataFrame, params: dict) -> Figure | str:
 def _fig5(latency: pd.DataFrame | None) -> Figure | str:
     if latency is None or latency.empty:
         return "latency.csv missing or empty (latency step not run)"
-    groups = list(latency.groupby(["config", "n"], sort=True))
     ref = paper.e4_latency()
-    batches = sorted(set(latency["batch"]) | set(ref["batch"]))
-    colours = dict(zip(batches, sns.color_palette("deep", len(batches))))
-    fig, axes = _panels(len(groups), cols=min(3, len(groups)), sharey=True)
-    for ax, ((config, n), rows) in zip(axes, groups):
-        ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="ideal k/n")
-        for batch, b in rows.sort_values("k").groupby("batch"):
-            full = b.loc[b["k"] == b["k"].max(), "median_ms"].iloc[0]
-            err = [(b["median_ms"] - b["q25_ms"]) / full, (b["q75_ms"] - b["median_ms"]) / full]
-            ax.errorbar(b["k_frac"], b["median_ms"] / full, yerr=np.abs(err), marker="o", capsize=3,
-                        color=colours[batch], label=f"batch {int(batch)}")
-        for batch, r in ref.groupby("batch"):
-            ax.scatter(r["k_frac"], r["ratio"], marker="D", facecolors="none", edgecolors=colours[batch],
-                       s=45, label=f"paper, batch {int(batch)}")
-        ax.set(title=f"{config} (n={int(n)})", xlabel="k/n", ylabel="time / time at k = n",
-               xlim=(0, 1.05), ylim=(0, None))
-    axes[0].legend(fontsize="x-small", loc="upper left")
+    batches = sorted(set(latency["batch"]))
+    configs = sorted({(c, int(n)) for c, n in zip(latency["config"], latency["n"])})
+    colours = dict(zip(configs, sns.color_palette("deep" if len(configs) <= 10 else "husl", len(configs))))
+    fig, axes = _panels(len(batches), sharey=True)
+    for ax, batch in zip(axes, batches):
+        ideal = np.linspace(1 / 16, 1, 50)
+        ax.plot(ideal, ideal, color="0.5", ls="--", lw=1, label="ideal k/n")
+        for (config, n), b in latency[latency["batch"] == batch].sort_values("k").groupby(["config", "n"]):
+            scale = b["ratio"] / b["median_ms"]  # ratio to k = n, as latency.csv states it
+            err = [(b["median_ms"] - b["q25_ms"]) * scale, (b["q75_ms"] - b["median_ms"]) * scale]
+            ax.errorbar(b["k_frac"], b["ratio"], yerr=np.abs(np.nan_to_num(err)), marker="o", ms=4, capsize=2,
+                        color=colours[(config, int(n))], label=f"{config} (n={int(n)})")
+        paper_b = ref[ref["batch"] == batch]
+        ax.scatter(paper_b["k_frac"], paper_b["ratio"], marker="D", facecolors="none", edgecolors="black",
+                   s=50, zorder=5, label="paper (ViT-B, n=8, RTX 2080 Ti)")
+        ax.set_yscale("log")
+        ax.set(title=f"batch {int(batch)}", xlabel="k/n", ylabel="time / time at k = n (log)", xlim=(0, 1.05))
+    handles = {}
+    for ax in axes:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=3, fontsize="small")
     return fig
 
 

@@ -145,9 +145,10 @@ class SoftMoE(nn.Module):
 
     # ---- experts, a subset per input (Algorithm 2) ------------------------------------------
     def _check_keep(self, keep: torch.Tensor, batch: int) -> None:
-        if keep.dtype != torch.long or keep.dim() != 2 or keep.shape[0] != batch:
-            raise ValueError(f"keep must be a LongTensor (batch={batch}, k), got {keep.dtype} {tuple(keep.shape)}")
-        if keep.numel() and (keep.min() < 0 or keep.max() >= self.num_experts):
+        if keep.dtype != torch.long or keep.dim() != 2 or keep.shape[0] != batch or keep.shape[1] < 1:
+            raise ValueError(f"keep must be a LongTensor (batch={batch}, k >= 1), got {keep.dtype} "
+                             f"{tuple(keep.shape)}")
+        if keep.min() < 0 or keep.max() >= self.num_experts:
             raise ValueError(f"keep holds expert indices outside [0, {self.num_experts})")
         ordered = keep.sort(dim=1).values
         if (ordered[:, 1:] == ordered[:, :-1]).any():
@@ -211,6 +212,7 @@ class SoftMoE(nn.Module):
             keep = select_experts(logits.softmax(dim=2), k, self.slots_per_expert)
         elif k is not None:
             raise ValueError("pass either keep or k, not both")
+        keep = keep.to(x.device)
         self._check_keep(keep, x.shape[0])
         renormalize = self.renormalize if renormalize is None else renormalize
         return self._forward_kept(tokens, logits, keep, renormalize)

@@ -74,8 +74,7 @@ def oracle_subsets(contributions: torch.Tensor, labels: torch.Tensor, k: int, li
     An input counts as correct when argmax(logits(S)) == label (ties go to the lower class,
     as torch.argmax does) for some S. Raises UserError when comb(n, k) > limit.
     """
-    per_token = contributions.dim() == 4
-    if not per_token:
+    if contributions.dim() == 3:
         if mass is not None:
             raise ValueError("mass (renormalization) needs per-token contributions (b, n, m, classes)")
         contributions = contributions.unsqueeze(2)                       # (b, n, 1, classes)
@@ -85,16 +84,20 @@ def oracle_subsets(contributions: torch.Tensor, labels: torch.Tensor, k: int, li
     if total > limit:
         raise UserError(f"oracle over comb({n}, {k}) = {total} subsets exceeds evaluate.oracle_limit "
                         f"= {limit}; raise 'evaluate.oracle_limit' or lower 'evaluate.oracle_fraction'")
+    if mass is None:
+        contributions = contributions.sum(dim=2, keepdim=True)           # no renormalization: m = 1
+        m = 1
+    per_expert = contributions.transpose(1, 2).contiguous()              # (b, m, n, classes)
     subsets = torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.long)
     member = torch.zeros(total, n, dtype=contributions.dtype).scatter(1, subsets, 1.0)  # (S, n)
     chunk = max(1, ORACLE_ELEMENTS // max(1, b * m * classes))
     margins, right = [], []
     for start in range(0, total, chunk):
         rows = member[start:start + chunk]                               # (c, n)
-        logits = torch.einsum("bntk,cn->bctk", contributions, rows)      # (b, c, m, classes)
+        logits = rows @ per_expert                                       # (b, m, c, classes)
         if mass is not None:
-            logits = logits / torch.einsum("btn,cn->bct", mass, rows).unsqueeze(-1)
-        margin, hit = _margin(logits.sum(dim=2), labels)                 # (b, c) each
+            logits = logits / (mass @ rows.t()).unsqueeze(-1)            # kept mass per token
+        margin, hit = _margin(logits.sum(dim=1), labels)                 # (b, c) each
         margins.append(margin)
         right.append(hit.any(dim=1))
     best_margin, best = torch.cat(margins, dim=1).max(dim=1)            # first maximum on ties

@@ -20,8 +20,9 @@ STEPS = {
     "tabulate": ([], ["src/softmoe/tables.py"]),
     "summarize": ([], ["src/softmoe/evaluate.py"]),
     "latency": (["latency"], ["src/softmoe/latency.py", *_MATH]),
-    "figures": ([], ["src/softmoe/figures.py"]),
-    "report": (["report"], ["src/softmoe/report.py", "src/softmoe/paper.py"]),
+    "figures": ([], ["src/softmoe/figures.py", "src/softmoe/paper.py"]),
+    "report": (["report"], ["src/softmoe/report.py", "src/softmoe/figures.py", "src/softmoe/paper.py",
+                            "src/softmoe/templates/report.html.j2"]),
 }
 
 

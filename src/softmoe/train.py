@@ -29,10 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from softmoe import atomic
-from softmoe.data import ImageDataModule, model_inputs
+from softmoe.data import ImageDataModule, model_inputs, vit_img_size
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
-from softmoe.models import VIT_DEFAULTS, build_model, count_parameters
+from softmoe.models import build_model, count_parameters
 
 import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.data, which prepares torchvision)
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
@@ -63,8 +63,9 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self):
         t = self.params["train"]
         optimizer = _optimizer(self.model, t["optimizer"], t["lr"], t.get("weight_decay", 0.0))
-        total = self.trainer.estimated_stepping_batches
-        warmup = t.get("warmup_epochs", 0) * self.trainer.num_training_batches
+        per_epoch = len(self.trainer.datamodule.train_dataloader())     # this process's batches
+        total = t["max_steps"] or t["epochs"] * per_epoch
+        warmup = t.get("warmup_epochs", 0) * per_epoch
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total, warmup, t["schedule"]))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -125,9 +126,8 @@ class Classifier(pl.LightningModule):
                                sync=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        elapsed = self.train_time_s + time.perf_counter() - self._started
         checkpoint["softmoe"] = {"run": self.run, "curves": self.curves, "rng": _rng_state(),
-                                 "train_time_s": elapsed}
+                                 "train_time_s": self.train_time()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["softmoe"]
@@ -136,6 +136,7 @@ class Classifier(pl.LightningModule):
         _set_rng_state(state["rng"])
 
     def train_time(self) -> float:
+        """Seconds spent in this run so far, over all its (resumed) invocations."""
         return self.train_time_s + time.perf_counter() - self._started
 
 
@@ -275,14 +276,24 @@ def _check_resumable(path: Path, run: dict) -> int:
     return checkpoint["global_step"]
 
 
+def console_setup() -> bool:
+    """Whether the console is interactive (then: progress bar and Lightning's info lines);
+    otherwise (tests, batch jobs) only warnings. Silences the expected num_workers=0 warning and
+    a deprecation warning internal to Lightning 2.6."""
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    interactive = sys.stderr.isatty()
+    logging.getLogger("lightning.pytorch").setLevel(logging.INFO if interactive else logging.WARNING)
+    return interactive
+
+
 def _trainer(params: dict, out: Path, resume: bool) -> pl.Trainer:
     from dvclive.lightning import DVCLiveLogger
 
     t = params["train"]
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    interactive = sys.stderr.isatty()
-    if not interactive:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    interactive = console_setup()
+    if resume:
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # One file, checkpoints/last.ckpt, rewritten after every epoch's validation (Lightning resumes
     # correctly from there; from a save at on_train_epoch_end without validation it does not).
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1,
@@ -303,13 +314,13 @@ def _trainer(params: dict, out: Path, resume: bool) -> pl.Trainer:
 def _write_outputs(params: dict, module: Classifier, datamodule: ImageDataModule,
                    trainer: pl.Trainer, out: Path) -> dict:
     """Evaluate the last weights on the test split; write model, curves and metrics."""
-    model, run = module.model, module.run
-    test_loss, test_accuracy = evaluate(model, datamodule.test_dataloader(), params, module.device)
+    model, run, device = module.model, module.run, trainer.strategy.root_device
+    test_loss, test_accuracy = evaluate(model.to(device), datamodule.test_dataloader(), params, device)
     counts = count_parameters(model)
     shape = datamodule.manifest["image_shape"]
     metadata = {"dataset": run["dataset"], "n": run["n"], "seed": run["seed"],
                 "kind": params["model"]["kind"], "num_classes": datamodule.num_classes,
-                "img_size": shape[-1] if params["model"]["kind"] == "mnist" else _vit_img_size(params),
+                "img_size": shape[-1] if params["model"]["kind"] == "mnist" else vit_img_size(params),
                 "in_chans": datamodule.in_chans}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic.atomic_path(out / "model.safetensors") as tmp:
@@ -321,14 +332,10 @@ def _write_outputs(params: dict, module: Classifier, datamodule: ImageDataModule
                "params_total": counts["total"], "params_experts": counts["experts"],
                "expert_hidden": next(m for m in model.modules() if isinstance(m, SoftMoE)).expert_hidden,
                "epochs": len(module.curves), "steps": trainer.global_step,
-               "wall_time_s": round(module.train_time(), 3), "device": _device_name(module.device),
+               "wall_time_s": round(module.train_time(), 3), "device": _device_name(device),
                "threads": torch.get_num_threads()}
     atomic.write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def _vit_img_size(params: dict) -> int:
-    return params["model"].get("img_size", VIT_DEFAULTS["img_size"])
 
 
 def _device_name(device: torch.device) -> str:
@@ -352,7 +359,7 @@ def load_trained(run_dir: Path, params: dict, expect: dict | None = None) -> nn.
         raise UserError(f"{path}: unreadable ({err}); retrain the run") from None
     expected = {"kind": params["model"]["kind"], **(expect or {})}
     if expected["kind"] == "vit":
-        expected.setdefault("img_size", _vit_img_size(params))
+        expected.setdefault("img_size", vit_img_size(params))
     wrong = {k: (meta.get(k), str(v)) for k, v in expected.items() if meta.get(k) != str(v)}
     if wrong:
         shown = ", ".join(f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items())

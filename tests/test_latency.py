@@ -1,0 +1,93 @@
+"""Timing of the selective path: rows, ratios, FLOP counts and the hardware description."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from softmoe import latency
+from softmoe.layer import SoftMoE
+from softmoe.models import MnistSoftMoE
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDE = {"experts": 4, "hidden_per_expert": 256, "dim": 16, "tokens": 5, "layers": 2, "width": 0.5}
+
+
+def small_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["latency"] = {"fractions": [1.0, 0.5, 0.25, 0.125], "batch_sizes": [1, 8], "warmup": 1,
+                         "repeats": 3, "wide": WIDE}
+    return params
+
+
+def save_run(run: Path, n: int) -> None:
+    torch.manual_seed(0)
+    meta = {"dataset": "mnist5k", "n": n, "seed": 0, "kind": "mnist", "num_classes": 10,
+            "img_size": 28, "in_chans": 1}
+    run.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in MnistSoftMoE(n).state_dict().items()},
+              str(run / "model.safetensors"), metadata={k: str(v) for k, v in meta.items()})
+
+
+def test_measure_writes_rows_and_hardware(tmp_path):
+    run = tmp_path / "train" / "n4-s0"
+    save_run(run, 4)
+    out, hardware = tmp_path / "latency.csv", tmp_path / "hardware.json"
+    latency.measure(small_params(), [run], out, hardware)
+    table = pd.read_csv(out)
+    assert list(table.columns) == latency.COLUMNS
+    # n=4: k = 4, 2, 1 (0.25 and 0.125 both give k=1, counted once), at 2 batch sizes, 2 configs
+    assert table.groupby("config").size().to_dict() == {"mnist5k/n4-s0": 6, "wide": 6}
+    assert sorted(set(table["k"])) == [1, 2, 4] and sorted(set(table["batch"])) == [1, 8]
+    assert (table["device"] == ("cuda" if torch.cuda.is_available() else "cpu")).all()
+    assert (table["repeats"] == 3).all()
+    assert (table["q25_ms"] <= table["median_ms"]).all() and (table["median_ms"] <= table["q75_ms"]).all()
+    assert (table["median_ms"] > 0).all()
+    full = table[table["k"] == 4]
+    assert (full["ratio"] == 1.0).all() and (full["flop_ratio"] == 1.0).all()
+    assert (table["ideal"] == table["k"] / 4).all()
+    for _, rows in table.groupby(["config", "batch"]):
+        rows = rows.sort_values("k")
+        assert rows["flops"].is_monotonic_increasing and rows["flops"].iloc[0] > 0
+        assert (rows["ratio"] == rows["median_ms"] / rows["median_ms"].iloc[-1]).all()
+    wide = table[(table["config"] == "wide") & (table["batch"] == 8)].set_index("k")
+    # wide experts dominate the FLOPs: the counted ratio is close to the ideal k/n
+    assert (wide["flop_ratio"] - wide["ideal"]).abs().max() < 0.1
+    info = json.loads(hardware.read_text())
+    assert {"cpu", "cores", "torch_threads", "torch", "device", "python", "os"} <= set(info)
+    assert info["torch"] == torch.__version__ and info["torch_threads"] == torch.get_num_threads()
+    assert isinstance(info["cpu"], str) and info["cpu"]
+
+
+def test_trained_layers_reads_the_input_shape():
+    layers, shape = latency.trained_layers(MnistSoftMoE(2), {"img_size": 28, "in_chans": 1})
+    assert len(layers) == 1 and isinstance(layers[0], SoftMoE) and shape == (4, 196)
+
+
+def test_wide_layers_follow_the_config():
+    layers = latency.wide_layers(WIDE)
+    assert len(layers) == 2
+    assert all(l.num_experts == 4 and l.expert_hidden == 128 and l.dim == 16 and l.b1 is not None
+               and l.activation == "gelu" for l in layers)
+    again = latency.wide_layers(WIDE)
+    assert torch.equal(layers[1].w1, again[1].w1)                         # seeded
+    assert not torch.equal(layers[0].w1, layers[1].w1)
+
+
+def test_run_layers_chains_and_selects():
+    layers = latency.wide_layers(WIDE)
+    x = torch.randn(3, 5, 16)
+    with torch.inference_mode():
+        assert torch.equal(latency.run_layers(layers, x, 4), layers[1](layers[0](x)))
+        assert torch.equal(latency.run_layers(layers, x, 2), layers[1](layers[0](x, k=2), k=2))
+
+
+def test_measure_refuses_a_missing_run(tmp_path):
+    from softmoe.errors import UserError
+
+    with pytest.raises(UserError, match="model.safetensors"):
+        latency.measure(small_params(), [tmp_path / "nope"], tmp_path / "l.csv", tmp_path / "h.json")
+    assert not (tmp_path / "l.csv").exists()

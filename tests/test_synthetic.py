@@ -1,0 +1,121 @@
+"""E1: the synthetic ||x||_2 runs (n=1 cannot fit the norm, n=10 can) and the proof check.
+
+The plateau test uses a short run (batch 1,000, 250 steps, lr 1e-2 instead of the study's
+10,000 / 500 / 1e-3) so that it takes seconds; measured here: 5x2 n=1 ≈ 6.4 vs n=10 ≈ 0.4,
+2x5 n=1 ≈ 2.5 vs n=10 ≈ 0.3 (final loss = mean MSE of the last 10% of steps)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from softmoe import synthetic
+from softmoe.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = {"batch_size": 1000, "steps": 250, "lr": 0.01}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_clean_globals():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)
+    os.environ.pop("PL_GLOBAL_SEED", None)
+
+
+def _params(**synthetic_overrides) -> dict:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["synthetic"].update(synthetic_overrides)
+    return p
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """n=1 and n=10 for both tokenizations, trained once for this module."""
+    torch.set_num_threads(1)
+    p, root = _params(**SHORT), tmp_path_factory.mktemp("synthetic")
+    folders = {}
+    for tokens in ("5x2", "2x5"):
+        for n in (1, 10):
+            folders[tokens, n] = root / tokens / f"n{n}"
+            synthetic.train_synthetic(p, tokens, n, folders[tokens, n])
+    torch.use_deterministic_algorithms(False)
+    return folders
+
+
+def _final(folder: Path) -> float:
+    return json.loads((folder / "metrics.json").read_text())["final_loss"]
+
+
+@pytest.mark.parametrize("tokens", ["5x2", "2x5"])
+def test_one_expert_plateaus_far_above_ten(runs, tokens):
+    one, ten = _final(runs[tokens, 1]), _final(runs[tokens, 10])
+    assert one > 5 * ten, f"{tokens}: n=1 {one:.3f} vs n=10 {ten:.3f}"
+    assert ten < 1.0
+
+
+@pytest.mark.parametrize("tokens, dim", [("5x2", 2), ("2x5", 5)])
+def test_outputs_follow_the_file_contract(runs, tokens, dim):
+    folder = runs[tokens, 10]
+    loss = pd.read_csv(folder / "loss.csv")
+    assert list(loss.columns) == ["step", "loss"] and loss["step"].tolist() == list(range(1, 251))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics == {"tokens": 10 // dim, "dim": dim, "n": 10, "steps": 250,
+                       "final_loss": pytest.approx(loss["loss"].tail(25).mean(), rel=1e-12),
+                       "params_experts": 20 * dim * dim}
+    assert loss["loss"].iloc[:10].mean() > 3 * metrics["final_loss"]       # it trained
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"kind": "synthetic", "tokens": str(10 // dim), "dim": str(dim),
+                                "n": "10", "seed": "0"}
+
+
+def test_same_seed_same_run(tmp_path):
+    p = _params(batch_size=500, steps=20, lr=0.01)
+    for run in ("a", "b"):
+        synthetic.train_synthetic(p, "5x2", 2, tmp_path / run)
+    assert (tmp_path / "a/loss.csv").read_text() == (tmp_path / "b/loss.csv").read_text()
+    wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    p["synthetic"]["seed"] = 1
+    synthetic.train_synthetic(p, "5x2", 2, tmp_path / "c")
+    assert (tmp_path / "a/loss.csv").read_text() != (tmp_path / "c/loss.csv").read_text()
+
+
+@pytest.mark.parametrize("tokens", ["5x2", "2x5"])
+def test_proof_check_slot_inputs_converge_while_norms_separate(runs, tokens, tmp_path):
+    p = _params()
+    out = tmp_path / "proof.csv"
+    synthetic.proof_check(p, runs[tokens, 1], out)
+    proof = pd.read_csv(out)
+    assert list(proof.columns) == ["case", "a", "slot_gap", "norm_gap", "abs_error_A", "abs_error_B"]
+    scales = p["synthetic"]["proof_scales"]
+    for case, ratio in (("phi_pos", math.sqrt(2) - 1), ("phi_zero", 1 - 1 / math.sqrt(2))):
+        rows = proof[proof["case"] == case]
+        assert rows["a"].tolist() == scales
+        assert rows["norm_gap"].tolist() == pytest.approx([a * ratio for a in scales], rel=1e-12)
+        # equal slot inputs give equal predictions, so the two errors add up to the norm gap
+        big = rows[rows["slot_gap"] < 1e-9]
+        assert len(big) >= 2 and big["a"].max() == max(scales)
+        assert (big["abs_error_A"] + big["abs_error_B"] >= big["norm_gap"] * (1 - 1e-9)).all()
+    zero = proof[proof["case"] == "phi_zero"]
+    assert (zero["slot_gap"] < 1e-12).all()                               # exactly equal D^T X
+    pos = proof[proof["case"] == "phi_pos"]
+    assert pos["slot_gap"].iloc[-1] < 1e-9 < pos["slot_gap"].iloc[0]       # converges as a grows
+
+
+def test_proof_check_refuses_other_models(runs, tmp_path):
+    with pytest.raises(UserError, match="n=1 model, this one has n=10"):
+        synthetic.proof_check(_params(), runs["5x2", 10], tmp_path / "p.csv")
+    with pytest.raises(UserError, match="not found"):
+        synthetic.proof_check(_params(), tmp_path, tmp_path / "p.csv")
