@@ -16,7 +16,7 @@ configfile: "params.yaml"
 
 # The complete params file the `softmoe` commands read: the last --configfile, else params.yaml.
 PARAMS = str((workflow.overwrite_configfiles or ["params.yaml"])[-1])
-if workflow.config_settings.overwrite_config:
+if workflow.config_settings.config:  # --config pairs (not --configfile contents)
     raise WorkflowError(
         "--config key=value overrides are not passed to the softmoe steps; "
         "edit params.yaml or pass a complete params file with --configfile"

@@ -41,11 +41,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MEMBER: 2/2" in done.stderr                      # really two processes
 
-    torch.set_num_threads(1)
-    try:
-        single = train.train_run(params, prepared, 8, 0, tmp_path / "single")
-    finally:
-        torch.use_deterministic_algorithms(False)
+    single = train.train_run(params, prepared, 8, 0, tmp_path / "single")     # conftest: 1 thread
     both = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert both["steps"] == single["steps"] == 24 and both["epochs"] == single["epochs"] == 2
     assert abs(both["test_accuracy"] - single["test_accuracy"]) <= 0.002

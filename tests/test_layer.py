@@ -156,6 +156,7 @@ def test_renormalize_default_and_per_call():
 def test_dropped_experts_are_not_executed():
     """Dropped experts' weights are NaN: any use of them (even times zero) would show."""
     layer = make(n=6, p=2, bias=True)
+    assert not layer.token_side(4)                  # the wide-expert regime: Algorithm 2
     keep = torch.tensor([[0, 3], [3, 5], [5, 0]])
     x = torch.randn(3, 4, 6, dtype=torch.float64)
     want = layer(x, keep=keep)
@@ -174,6 +175,7 @@ def test_keep_flops_scale_with_k(k):
     """Matmul FLOPs of the keep path, term by term: only kept slots are filled, run and combined."""
     b, m, d, n, p, h = 3, 5, 6, 8, 2, 7
     layer = make(n=n, p=p, dim=d, hidden=h)
+    assert not layer.token_side(m)                  # the wide-expert regime: Algorithm 2
     x = torch.randn(b, m, d, dtype=torch.float64)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -182,6 +184,48 @@ def test_keep_flops_scale_with_k(k):
     dispatch = combine = 2 * b * k * p * m * d
     experts = 2 * b * k * p * (d * h + h * d)
     assert counter.get_total_flops() == logits + dispatch + experts + combine
+
+
+def test_many_tiny_experts_keep_path_is_dense_and_exact():
+    """Token-side regime (MNIST n=64): the kept experts' output comes from the dense form with the
+    dropped experts masked out of C, so its FLOPs do not fall with k; the values are exact."""
+    layer = make(n=64, dim=196, hidden=12, seed=2)
+    assert layer.token_side(4)
+    x = torch.randn(2, 4, 196, dtype=torch.float64)
+    keep = random_experts(2, 64, 16, seed=3)
+    for renormalize in (False, True):
+        torch.testing.assert_close(layer(x, keep=keep, renormalize=renormalize),
+                                   reference(layer, x, keep, renormalize), rtol=1e-10, atol=1e-12)
+    flops = []
+    for keep in (None, random_experts(2, 64, 1, seed=0), random_experts(2, 64, 16, seed=0)):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            layer(x, keep=keep)
+        flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] == flops[2]
+
+
+def test_k_computes_the_combine_softmax_once_and_skips_keep_checks(form, monkeypatch):
+    """Algorithm 1's own choice is valid by construction, and its combine weights are reused."""
+    layer = make(n=6, p=2)
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    want = layer(x, keep=select_experts(layer.routing(x)[1], 2, slots_per_expert=2))
+
+    def refuse(self, keep, batch):
+        raise AssertionError("keep from Algorithm 1 was validated again")
+
+    monkeypatch.setattr(SoftMoE, "_check_keep", refuse)
+    softmax, over_slots = torch.Tensor.softmax, []
+
+    def counting(self, *args, **kwargs):
+        over_slots.append(kwargs.get("dim", args[0] if args else None) in (2, -1))
+        return softmax(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "softmax", counting)
+    torch.testing.assert_close(layer(x, k=2), want)
+    assert sum(over_slots) == 1
+    with pytest.raises(AssertionError, match="validated again"):
+        layer(x, keep=torch.tensor([[0, 1]] * 3))
 
 
 def test_gradients_flow(form):

@@ -1,4 +1,5 @@
 """The study's models: budgets, parameter counts, exact subset logits, and the torchvision import."""
+import copy
 import subprocess
 import sys
 
@@ -151,6 +152,30 @@ def test_small_vit_forward_and_layout():
         assert not torch.allclose(model(images, k=1), full)
         assert not torch.allclose(model(images, k=1, renormalize=True), model(images, k=1))
     assert all(layer.k is None for layer in model.moe_layers())   # k does not leak into later calls
+
+
+def test_vit_keep_applies_in_every_moe_layer():
+    """model(x, keep=...) equals, input by input, the model whose dropped experts output zero
+    (w2 = b2 = 0) in every Soft MoE layer, run on all experts."""
+    torch.manual_seed(0)
+    model = SoftMoEViT(32, 8, 10, 4, embed_dim=32, depth=3, num_heads=2, moe_blocks=2,
+                       expert_mult=4).double().eval()
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    keep = random_experts(3, 4, 2, seed=5)
+    with torch.no_grad():
+        got = model(images, keep=keep)
+        assert not torch.allclose(model(images, keep=keep, renormalize=True), got)
+        for i in range(3):
+            zeroed = copy.deepcopy(model)
+            dropped = [j for j in range(4) if j not in keep[i].tolist()]
+            for layer in zeroed.moe_layers():
+                layer.moe.w2[dropped] = 0.0
+                layer.moe.b2[dropped] = 0.0
+            torch.testing.assert_close(got[i], zeroed(images[i:i + 1])[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(model(images, keep=torch.arange(4).repeat(3, 1)), model(images))
+        with pytest.raises(ValueError, match="either keep or k"):
+            model(images, k=1, keep=keep)
+    assert all(layer.keep is None for layer in model.moe_layers())   # keep does not leak either
 
 
 def test_build_model():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -26,17 +25,6 @@ from softmoe.models import MnistSoftMoE
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = {"wall_time_s"}          # metrics that may differ between identical runs
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_clean_globals():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
-    for key in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
-        os.environ.pop(key, None)
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +134,21 @@ def test_checkpoint_of_another_run_is_refused(params, mnist5k, tmp_path):
     train.train_run(params, mnist5k, 2, 0, tmp_path)
     with pytest.raises(UserError, match=r"last\.ckpt: checkpoint of another run \(n: 2 \(now 4\)\).*delete"):
         train.train_run(params, mnist5k, 4, 0, tmp_path)
-    params["train"]["lr"] = 0.01
-    with pytest.raises(UserError, match=r"checkpoint of another run \(train\)"):
-        train.train_run(params, mnist5k, 2, 0, tmp_path)
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
     with pytest.raises(UserError, match="unreadable checkpoint"):
         train.train_run(params, mnist5k, 2, 0, tmp_path)
+
+
+def test_checkpoint_under_another_recipe_is_set_aside_not_resumed(params, mnist5k, tmp_path, capsys):
+    """After a params change (Snakemake/DVC rerun the step), the old checkpoint is not used."""
+    params["train"]["max_steps"] = 8
+    train.train_run(params, mnist5k, 2, 0, tmp_path / "a")
+    params["train"]["lr"] = 0.01
+    fresh = train.train_run(params, mnist5k, 2, 0, tmp_path / "b")
+    again = train.train_run(params, mnist5k, 2, 0, tmp_path / "a")
+    assert "training from the start" in capsys.readouterr().err
+    assert (tmp_path / "a/checkpoints/last.ckpt.stale").is_file()
+    assert again["test_accuracy"] == fresh["test_accuracy"] and _same_weights(tmp_path / "a", tmp_path / "b")
 
 
 class _Diverging(MnistSoftMoE):

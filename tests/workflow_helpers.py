@@ -13,7 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", ".gitignore", "workflow", "profiles", "src", "config"]
+PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "workflow", "profiles", "src", "config"]
 
 
 def tiny_params() -> dict:

@@ -8,8 +8,10 @@ Two exact paths compute the same numbers:
   entries are a uniform k-subset) and taking cumulative sums gives every k at once;
 - generic (any model whose forward takes `k` and `keep`): one forward pass per k, method, seed.
 
-z = (accuracy_alg1 - mean_random) / std_random (ddof=1) follows IEEE division: +-inf when the
-random accuracies do not vary but Algorithm 1 differs from them, NaN when they are equal too.
+Rows are written for every renormalize mode of params (the "all" row, k = n, is the same
+number in both, so that each mode is a complete curve). z = (accuracy_alg1 - mean_random) /
+std_random (ddof=1) follows IEEE division: +-inf when the random accuracies do not vary but
+Algorithm 1 differs from them, NaN when they are equal too.
 """
 from __future__ import annotations
 
@@ -233,6 +235,9 @@ def summarize(params: dict, tables_dir: Path, out_json: Path) -> None:
     selection = _read_table(tables_dir / "selection.csv", COLUMNS)
     training = _read_table(tables_dir / "training.csv", ["dataset", "n", "seed", "params_total"])
     selection = selection[selection["dataset"] == params["dataset"]]
+    if selection.empty:
+        raise UserError(f"{tables_dir / 'selection.csv'}: no rows for dataset {params['dataset']!r}; "
+                        "run the evaluate and tabulate steps for it first")
     plain = selection[~selection["renormalize"].astype(bool)]
     per_n = {}
     for n, rows in plain.groupby("n"):
@@ -248,7 +253,7 @@ def summarize(params: dict, tables_dir: Path, out_json: Path) -> None:
                                     "z": _mean(rows, "alg1", n // d, "z")}
         oracle = rows[rows["method"] == "oracle"]
         if len(oracle):
-            entry["oracle"] = {"k": int(oracle["k"].iloc[0]), "accuracy": float(oracle["accuracy"].mean()),
+            entry["oracle"] = {"k": int(oracle["k"].iloc[0]), "accuracy": round(oracle["accuracy"].mean(), 5),
                                "distinct_subsets": float(oracle["count"].mean())}
         per_n[f"n{n}"] = entry
     atomic.write_json(out_json, {"dataset": params["dataset"], "experts": per_n})
@@ -265,10 +270,10 @@ def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def _mean(rows: pd.DataFrame, method: str, k: int, column: str) -> float | None:
-    """Mean of `column` over the training seeds for one (method, k); None when absent or not
-    finite (an infinite z), since JSON has no infinity."""
+    """Mean of `column` over the training seeds for one (method, k), to 5 decimals; None when
+    absent or not finite (an infinite z), since JSON has no infinity."""
     values = rows.loc[(rows["method"] == method) & (rows["k"] == k), column].astype(float)
     if values.empty or values.isna().all():
         return None
     mean = float(values.mean())
-    return mean if math.isfinite(mean) else None
+    return round(mean, 5) if math.isfinite(mean) else None

@@ -8,7 +8,7 @@ Shapes: b inputs, m tokens, d = dim, n experts, p slots per expert, s = n*p slot
     outputs  Ỹ_s = f_j(X̃_s) for the p slots of j      (b, s, d)
     Y = C Ỹ                                           (b, m, d)
 With `normalize`, X is l2-normalized per token and Φ per column (times a learned scalar);
-the normalized tokens are what is dispatched.
+the normalized tokens are what is dispatched (computed as (D * 1/|x|)ᵀ X, see SoftMoE._logits).
 """
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from softmoe.selection import select_experts
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 PHI_INITS = ("uniform", "lecun")
+NORM_EPS = 1e-12    # as F.normalize: x / max(|x|, eps)
 MEMORY_WEIGHT = 50  # multiply-adds one float written costs, for the choice in SoftMoE.token_side
 
 
 class SoftMoE(nn.Module):
-    """Soft MoE with n stacked MLP experts; `keep` runs only the kept experts (Algorithm 2)."""
+    """Soft MoE with n stacked MLP experts; `keep` keeps a subset per input (see `forward`)."""
 
     def __init__(self, dim: int, num_experts: int, expert_hidden: int, slots_per_expert: int = 1,
                  normalize: bool = True, bias: bool = False, activation: str = "relu",
@@ -65,19 +66,30 @@ class SoftMoE(nn.Module):
                 nn.init.uniform_(bias, -bound, bound)
 
     # ---- routing -------------------------------------------------------------------------
-    def _tokens_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tokens that are dispatched (b, m, d) and the logits L (b, m, s)."""
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits L (b, m, s) and the tokens' inverse norms (b, m, 1), None without normalization.
+
+        The normalized tokens x/|x| are never materialized (a copy of the largest tensor):
+        L = (x Φ̂) * inv, and as the normalized tokens are what is dispatched, the slot inputs
+        are X̃ = Dᵀ (x * inv) = (D * inv)ᵀ x, see `_dispatch`.
+        """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"expected input (batch, tokens, {self.dim}), got {tuple(x.shape)}")
         if not self.normalize:
-            return x, x @ self.phi
-        tokens = F.normalize(x, dim=-1)
-        phi = F.normalize(self.phi, dim=0) * self.scale           # (d, s)
-        return tokens, tokens @ phi
+            return x @ self.phi, None
+        inv = 1.0 / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        phi = F.normalize(self.phi, dim=0, eps=NORM_EPS) * self.scale      # (d, s)
+        return (x @ phi) * inv, inv
+
+    @staticmethod
+    def _dispatch(logits: torch.Tensor, inv: torch.Tensor | None) -> torch.Tensor:
+        """D (softmax over tokens) with token t's row times inv_t, so that X̃ = _dispatch(L, inv)ᵀ x."""
+        dispatch = logits.softmax(dim=1)
+        return dispatch if inv is None else dispatch * inv
 
     def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dispatch, combine), each (b, m, n*p): softmax over tokens, softmax over slots."""
-        _, logits = self._tokens_and_logits(x)
+        logits, _ = self._logits(x)
         return logits.softmax(dim=1), logits.softmax(dim=2)
 
     # ---- experts, all of them ----------------------------------------------------------------
@@ -95,17 +107,19 @@ class SoftMoE(nn.Module):
         token_cost = m * n * h * (2 * d + 2 * p) + MEMORY_WEIGHT * 2 * m * n * p * h
         return token_cost < slot_cost
 
-    def _hidden(self, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Every expert's hidden activations on its p slots: act(X̃ w1 + b1), (b, n, p, h)."""
-        b, m, _ = tokens.shape
+    def _hidden(self, x: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
+        """Every expert's hidden activations on its p slots: act(X̃ w1 + b1), (b, n, p, h).
+
+        dispatch (b, m, s) comes from `_dispatch`, so X̃ = dispatchᵀ x.
+        """
+        b, m, _ = x.shape
         n, p, d, h = self.num_experts, self.slots_per_expert, self.dim, self.expert_hidden
-        dispatch = logits.softmax(dim=1)                                   # (b, m, s)
         if self.token_side(m):
             w1 = self.w1.transpose(0, 1).reshape(d, n * h)                 # (d, n*h)
-            per_token = (tokens @ w1).view(b, m, n, 1, h)                  # X_t w1[j]
+            per_token = (x @ w1).view(b, m, n, 1, h)                       # x_t w1[j]
             pre = (dispatch.view(b, m, n, p, 1) * per_token).sum(dim=1)    # (b, n, p, h)
         else:
-            slots = dispatch.transpose(1, 2) @ tokens                      # X̃ (b, s, d)
+            slots = dispatch.transpose(1, 2) @ x                           # X̃ (b, s, d)
             z = slots.view(b, n, p, d).transpose(0, 1).reshape(n, b * p, d)
             pre = torch.bmm(z, self.w1).view(n, b, p, h).transpose(0, 1)   # (b, n, p, h)
         if self.b1 is not None:
@@ -135,8 +149,8 @@ class SoftMoE(nn.Module):
     def slot_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(combine (b, m, s), hidden (b, n, p, h)) with every expert run, so that
         Ỹ of slot (j, q) = hidden[:, j, q] @ w2[j] + b2[j]."""
-        tokens, logits = self._tokens_and_logits(x)
-        return logits.softmax(dim=2), self._hidden(tokens, logits)
+        logits, inv = self._logits(x)
+        return logits.softmax(dim=2), self._hidden(x, self._dispatch(logits, inv))
 
     def slot_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(combine (b, m, s), Ỹ (b, s, d)) with every expert run: Y(S) = C[:, :, S] @ Ỹ[:, S]."""
@@ -175,44 +189,72 @@ class SoftMoE(nn.Module):
         z = self.act(z)
         return z @ self.w2[j] if self.b2 is None else torch.addmm(self.b2[j], z, self.w2[j])
 
-    def _forward_kept(self, tokens: torch.Tensor, logits: torch.Tensor, keep: torch.Tensor,
-                      renormalize: bool) -> torch.Tensor:
+    def _forward_kept(self, x: torch.Tensor, logits: torch.Tensor, inv: torch.Tensor | None,
+                      keep: torch.Tensor, renormalize: bool, combine: torch.Tensor | None) -> torch.Tensor:
         """Algorithm 2: only the kept experts' slots are filled, run and combined (b, m, d).
 
         Dropping an expert's output rows from C Ỹ is the same as zeroing them. Without
-        renormalization C keeps the weights of the softmax over all slots; with it, C is the
-        softmax over the kept slots only. D is the softmax over tokens, column by column, so
-        the kept columns are unchanged.
+        renormalization C keeps the weights of the softmax over all slots (`combine`, when the
+        caller already has it); with it, C is the softmax over the kept slots only. D is the
+        softmax over tokens, column by column, so the kept columns are unchanged.
         """
         b, m, _ = logits.shape
         p, d, k = self.slots_per_expert, self.dim, keep.shape[1]
         kept_slots = (keep.unsqueeze(2) * p + torch.arange(p, device=keep.device)).view(b, 1, k * p)
-        kept_logits = logits.gather(2, kept_slots.expand(b, m, k * p))    # (b, m, k*p)
-        slots = kept_logits.softmax(dim=1).transpose(1, 2) @ tokens       # X̃ of kept slots (b, k*p, d)
+        kept_slots = kept_slots.expand(b, m, k * p)
+        kept_logits = logits.gather(2, kept_slots)                        # (b, m, k*p)
+        slots = self._dispatch(kept_logits, inv).transpose(1, 2) @ x      # X̃ of kept slots (b, k*p, d)
         outputs = self._run_grouped(slots.view(b * k, p, d), keep.flatten())  # (b*k, p, d)
         if renormalize:
             combine = kept_logits.softmax(dim=2)
         else:
-            combine = logits.softmax(dim=2).gather(2, kept_slots.expand(b, m, k * p))
+            combine = (logits.softmax(dim=2) if combine is None else combine).gather(2, kept_slots)
         return combine @ outputs.view(b, k * p, d)                        # (b, m, d)
+
+    def _forward_masked(self, x: torch.Tensor, logits: torch.Tensor, inv: torch.Tensor | None,
+                        keep: torch.Tensor, renormalize: bool, combine: torch.Tensor | None) -> torch.Tensor:
+        """The kept experts' outputs (b, m, d) from the dense token form, C zeroed on dropped slots.
+
+        Same values as `_forward_kept`, but every expert runs and the dropped ones are discarded.
+        """
+        b, m, s = logits.shape
+        n, p = self.num_experts, self.slots_per_expert
+        kept = torch.zeros(b, n, dtype=torch.bool, device=logits.device).scatter_(1, keep, True)
+        dropped = ~kept.view(b, 1, n, 1).expand(b, 1, n, p).reshape(b, 1, s)
+        if renormalize:
+            combine = logits.masked_fill(dropped, float("-inf")).softmax(dim=2)
+        else:
+            combine = (logits.softmax(dim=2) if combine is None else combine).masked_fill(dropped, 0.0)
+        return self._combine_all(self._hidden(x, self._dispatch(logits, inv)), combine)
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None,
                 renormalize: bool | None = None, k: int | None = None) -> torch.Tensor:
-        """x (b, m, d) -> (b, m, d). keep (b, k): only those experts run (others output zero).
+        """x (b, m, d) -> (b, m, d). keep (b, k): only those experts count (others output zero).
 
         k instead of keep: Algorithm 1 picks, per input, the k experts with the largest combine
         weight. renormalize (None = the module default) makes C the softmax over the kept slots
         only; otherwise C is not renormalized (Algorithm 1). D is never changed.
+
+        How the kept experts run depends on the regime (`token_side`). Wide experts (ViT): only
+        the kept experts run, each on the rows that kept it (Algorithm 2), so the cost falls with
+        k. Many tiny experts (MNIST n >= 64): the dense token form runs every expert and masks
+        the dropped ones out of C, because on CPU that is faster than a per-expert loop; the
+        dropped experts' FLOPs are then computed and discarded (and the output does not depend
+        on their values unless those are inf or NaN).
         """
-        tokens, logits = self._tokens_and_logits(x)
+        logits, inv = self._logits(x)
         if keep is None and k is None:
-            return self._combine_all(self._hidden(tokens, logits), logits.softmax(dim=2))
+            return self._combine_all(self._hidden(x, self._dispatch(logits, inv)), logits.softmax(dim=2))
+        combine = None
         if keep is None:
-            keep = select_experts(logits.softmax(dim=2), k, self.slots_per_expert)
+            combine = logits.softmax(dim=2)
+            keep = select_experts(combine, k, self.slots_per_expert)     # valid by construction
         elif k is not None:
             raise ValueError("pass either keep or k, not both")
-        keep = keep.to(x.device)
-        self._check_keep(keep, x.shape[0])
+        else:
+            keep = keep.to(x.device)
+            self._check_keep(keep, x.shape[0])
         renormalize = self.renormalize if renormalize is None else renormalize
-        return self._forward_kept(tokens, logits, keep, renormalize)
+        kept_path = self._forward_masked if self.token_side(x.shape[1]) else self._forward_kept
+        return kept_path(x, logits, inv, keep, renormalize, combine)

@@ -99,16 +99,18 @@ class NormRegressor(nn.Module):
 
 
 class SoftMoEMlp(nn.Module):
-    """Drop-in for a timm block's MLP: a Soft MoE layer that applies Algorithm 1 when `k` is set."""
+    """Drop-in for a timm block's MLP: a Soft MoE layer that applies Algorithm 1 when `k` is set
+    and keeps the experts `keep` (b, k) when that is set."""
 
     def __init__(self, moe: SoftMoE):
         super().__init__()
         self.moe = moe
         self.k: int | None = None
+        self.keep: torch.Tensor | None = None
         self.renormalize = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.moe(x, renormalize=self.renormalize, k=self.k)
+        return self.moe(x, keep=self.keep, renormalize=self.renormalize, k=self.k)
 
 
 class SoftMoEViT(nn.Module):
@@ -136,16 +138,18 @@ class SoftMoEViT(nn.Module):
     def moe_layers(self) -> list[SoftMoEMlp]:
         return [m for m in self.vit.modules() if isinstance(m, SoftMoEMlp)]
 
-    def forward(self, images: torch.Tensor, k: int | None = None, renormalize: bool = False) -> torch.Tensor:
-        """Logits (b, classes); with k every Soft MoE layer applies Algorithm 1 on its own input."""
+    def forward(self, images: torch.Tensor, k: int | None = None, renormalize: bool = False,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (b, classes); with k every Soft MoE layer applies Algorithm 1 on its own input,
+        with keep (b, k) every Soft MoE layer keeps those experts for input b."""
         layers = self.moe_layers()
         for layer in layers:
-            layer.k, layer.renormalize = k, renormalize
+            layer.k, layer.keep, layer.renormalize = k, keep, renormalize
         try:
             return self.vit(images)
         finally:
             for layer in layers:
-                layer.k, layer.renormalize = None, False
+                layer.k, layer.keep, layer.renormalize = None, None, False
 
 
 def build_model(params: dict, num_experts: int, num_classes: int, in_chans: int = 3) -> nn.Module:

@@ -231,7 +231,13 @@ def train_run(params: dict, data_dir: Path, n: int, seed: int, out: Path) -> dic
     last = out / "checkpoints" / "last.ckpt"
     if last.is_file():
         step = _check_resumable(last, run)
-        _say(f"softmoe train: resuming {last} (step {step})")
+        if step is None:
+            stale = last.with_suffix(".ckpt.stale")
+            last.replace(stale)
+            _say(f"softmoe train: {last} was written under other params or data; kept as "
+                 f"{stale.name}, training from the start")
+        else:
+            _say(f"softmoe train: resuming {last} (step {step})")
     trainer = _trainer(params, out, resume=last.is_file())
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None,
@@ -258,9 +264,9 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_resumable(path: Path, run: dict) -> int:
-    """The global step of a checkpoint of this run; refuse one of another run (dataset, n, seed,
-    recipe or data)."""
+def _check_resumable(path: Path, run: dict) -> int | None:
+    """The global step of a checkpoint of this run; None for one of this (dataset, n, seed) made
+    under another recipe or data (stale: start over); refuse one of another (dataset, n, seed)."""
     fix = f"delete {path.parent} to train this run from the start, or use another --out"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -268,12 +274,12 @@ def _check_resumable(path: Path, run: dict) -> int:
         raise UserError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]}); {fix}") from None
     other = checkpoint.get("softmoe", {}).get("run", {})
     diff = sorted(k for k in set(run) | set(other) if run.get(k) != other.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {other.get(k)!r} (now {run.get(k)!r})" for k in diff
-                          if k in ("dataset", "n", "seed")) or ", ".join(diff)
+    shown = ", ".join(f"{k}: {other.get(k)!r} (now {run.get(k)!r})" for k in diff
+                      if k in ("dataset", "n", "seed"))
+    if shown:
         raise UserError(f"{path}: checkpoint of another run ({shown}); resuming it would mix two "
                         f"runs; {fix}")
-    return checkpoint["global_step"]
+    return None if diff else checkpoint["global_step"]
 
 
 def console_setup() -> bool:
