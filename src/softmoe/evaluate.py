@@ -21,9 +21,8 @@ from typing import Iterable, Iterator
 
 import pandas as pd
 import torch
-from safetensors import SafetensorError, safe_open
 
-from softmoe import atomic
+from softmoe import atomic, modelfile
 from softmoe.errors import UserError
 from softmoe.params import k_values
 from softmoe.selection import oracle_subsets, random_experts, select_experts
@@ -51,11 +50,7 @@ def evaluate_run(params: dict, data_dir: Path, run_dir: Path, out_csv: Path) -> 
 def run_metadata(run_dir: Path) -> dict[str, str]:
     """The metadata strings of a run's model.safetensors (dataset, n, seed, kind, img_size, ...)."""
     path = Path(run_dir) / "model.safetensors"
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path}: unreadable ({err}); train the run first (`softmoe train`)") from None
+    meta, _ = modelfile.read(path, "train the run first (`softmoe train`)", weights=False)
     missing = [key for key in ("dataset", "n", "seed", "img_size", "in_chans") if key not in meta]
     if missing:
         raise UserError(f"{path}: metadata lacks {missing}; retrain the run with this version")

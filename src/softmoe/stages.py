@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 
 _MATH = ["src/softmoe/layer.py", "src/softmoe/models.py", "src/softmoe/selection.py"]
+_MODELFILE = "src/softmoe/modelfile.py"
 
 # step -> (params keys, with {dataset} filled from params.yaml; source files)
 STEPS = {
     "prepare": (["datasets.{dataset}"], ["src/softmoe/data.py"]),
-    "train": (["model", "train"], ["src/softmoe/train.py", "src/softmoe/data.py", *_MATH]),
+    "train": (["model", "train"], ["src/softmoe/train.py", "src/softmoe/data.py", _MODELFILE, *_MATH]),
     "synthetic": (["synthetic.variance", "synthetic.batch_size", "synthetic.steps", "synthetic.lr",
-                   "synthetic.seed"], ["src/softmoe/synthetic.py", *_MATH]),
+                   "synthetic.seed"], ["src/softmoe/synthetic.py", _MODELFILE, *_MATH]),
     "proof": (["synthetic.proof_scales"], ["src/softmoe/synthetic.py"]),
     "evaluate": (["evaluate"], ["src/softmoe/evaluate.py", *_MATH]),
     "tabulate": ([], ["src/softmoe/tables.py"]),

@@ -13,11 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, IterableDataset
 
-from softmoe import atomic
+from softmoe import atomic, modelfile
 from softmoe.data import synthetic_batch
 from softmoe.errors import UserError
 from softmoe.models import NormRegressor, count_parameters
@@ -84,9 +82,7 @@ def train_synthetic(params: dict, tokenization: str, n: int, out: Path) -> None:
     tail = losses[-max(1, len(losses) // 10):]
     atomic.write_csv(out / "loss.csv", pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}))
     metadata = {"kind": "synthetic", "tokens": tokens, "dim": dim, "n": n, "seed": syn["seed"]}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic.atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    modelfile.save(out / "model.safetensors", model, metadata)
     atomic.write_json(out / "metrics.json", {
         "tokens": tokens, "dim": dim, "n": n, "final_loss": sum(tail) / len(tail),
         "steps": len(losses), "params_experts": count_parameters(model)["experts"]})
@@ -95,14 +91,7 @@ def train_synthetic(params: dict, tokenization: str, n: int, out: Path) -> None:
 def load_regressor(run_dir: Path) -> NormRegressor:
     """The trained NormRegressor of a synthetic run folder (eval mode)."""
     path = Path(run_dir) / "model.safetensors"
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `softmoe synthetic ... --out {run_dir}` first")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path}: unreadable ({err}); rerun `softmoe synthetic`") from None
+    meta, state = modelfile.read(path, f"run `softmoe synthetic ... --out {run_dir}` first")
     if meta.get("kind") != "synthetic":
         raise UserError(f"{path}: not a synthetic ||x||_2 model (kind {meta.get('kind')!r}); "
                         "pass a results/synthetic/<tokens>/n<n> folder")

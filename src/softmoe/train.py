@@ -24,11 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from softmoe import atomic
+from softmoe import atomic, modelfile
 from softmoe.data import ImageDataModule, model_inputs, vit_img_size
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
@@ -328,9 +326,7 @@ def _write_outputs(params: dict, module: Classifier, datamodule: ImageDataModule
                 "kind": params["model"]["kind"], "num_classes": datamodule.num_classes,
                 "img_size": shape[-1] if params["model"]["kind"] == "mnist" else vit_img_size(params),
                 "in_chans": datamodule.in_chans}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic.atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    modelfile.save(out / "model.safetensors", model, metadata)
     atomic.write_csv(out / "curves.csv", pd.DataFrame(module.curves, columns=CURVE_COLUMNS))
     metrics = {"dataset": run["dataset"], "n": run["n"], "seed": run["seed"],
                "test_accuracy": test_accuracy, "test_loss": test_loss,
@@ -355,14 +351,7 @@ def load_trained(run_dir: Path, params: dict, expect: dict | None = None) -> nn.
     """The trained model of a run folder in eval mode, refused (UserError) when its metadata
     (kind, and every key of `expect`, e.g. {"dataset": "mnist5k", "n": 16}) differs."""
     path = Path(run_dir) / "model.safetensors"
-    if not path.is_file():
-        raise UserError(f"{path}: not found; train the run first (`softmoe train ... --out {run_dir}`)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"{path}: unreadable ({err}); retrain the run") from None
+    meta, state = modelfile.read(path, f"train the run (`softmoe train ... --out {run_dir}`)")
     expected = {"kind": params["model"]["kind"], **(expect or {})}
     if expected["kind"] == "vit":
         expected.setdefault("img_size", vit_img_size(params))
