@@ -283,3 +283,23 @@ def test_cli_killed_with_sigkill_resumes_on_rerun(params, mnist5k, tmp_path):
     train.train_run(params, mnist5k, 4, 0, tmp_path / "straight")
     assert _same_weights(tmp_path / "straight", run)
     assert _metrics(tmp_path / "straight") == _metrics(run)
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious shared checkpoint would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_malicious_checkpoint_is_refused_and_never_run(params, mnist5k, tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "run/checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": _Payload(marker)}, tmp_path / "run/checkpoints/last.ckpt")
+    with pytest.raises(UserError, match="last.ckpt: unreadable checkpoint"):
+        train.train_run(params, mnist5k, 2, 0, tmp_path / "run")
+    assert not marker.exists()

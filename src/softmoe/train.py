@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle  # only for its error type: checkpoints load with weights_only=True
 import math
 import random
 import sys
@@ -268,7 +269,7 @@ def _check_resumable(path: Path, run: dict) -> int | None:
     fix = f"delete {path.parent} to train this run from the start, or use another --out"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
         raise UserError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]}); {fix}") from None
     other = checkpoint.get("softmoe", {}).get("run", {})
     diff = sorted(k for k in set(run) | set(other) if run.get(k) != other.get(k))
