@@ -2,11 +2,15 @@
 the tiny study end to end, no-op reruns, selective reruns, dvc repro agreement, bad params."""
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import time
 
 import pytest
 import yaml
-from workflow_helpers import file_hashes, make_project, run, snakemake, snakemake_jobs, tiny_params
+from workflow_helpers import BIN, env, file_hashes, make_project, run, snakemake, snakemake_jobs, tiny_params
 
 from softmoe import stages
 
@@ -130,3 +134,24 @@ def test_dvc_repro_agrees_with_snakemake_bit_for_bit(study, tmp_path):
     assert ours.keys() == theirs.keys()
     assert ours == theirs
     assert run(["dvc", "status"], other).stdout.strip().endswith("up to date.")
+
+
+@pytest.mark.e2e
+def test_kill_9_mid_study_then_rerun_resumes_and_matches(study, tmp_path):
+    """kill -9 the whole Snakemake run once a training has checkpointed; `snakemake --unlock`
+    and a rerun finish the study with results identical to an uninterrupted run."""
+    project, _ = study
+    killed = make_project(tmp_path / "killed")
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2"], cwd=killed, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not list(killed.glob("results/train/*/*/checkpoints/last.ckpt")) and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    snakemake(killed, "--unlock")
+    snakemake(killed)
+    timing = ("latency.csv", "hardware.json", "metrics.json", "training.csv", "dvclive", "checkpoints",
+              "params.valid", "benchmarks", ".snakemake_timestamp")
+    assert file_hashes(killed, skip=timing) == file_hashes(project, skip=timing)
