@@ -99,3 +99,34 @@ def snakemake_jobs(project: Path) -> list[tuple[str, str, list[str]]]:
     import json
     proc = run([sys.executable, "-c", _SNAKEMAKE_JOBS], project)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# The same DAG with the targets, cores and job fields the caller asks for (parallel-safety tests).
+_SNAKEMAKE_JOB_DETAILS = """
+import json
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import DAGSettings, OutputSettings, ResourceSettings
+targets, cores = json.loads('{args}')
+with SnakemakeApi(OutputSettings()) as api:
+    wapi = api.workflow(resource_settings=ResourceSettings(cores=cores),
+                        snakefile=Path("Snakefile").resolve(), workdir=Path(".").resolve())
+    wf = wapi.dag(dag_settings=DAGSettings(targets=set(targets), forceall=True)).workflow_api._workflow
+    wf._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+    wf._build_dag()
+    print(json.dumps([dict(rule=j.rule.name, shellcmd=j.shellcmd, threads=j.threads,
+                           input=[str(f) for f in j.input], output=[str(f) for f in j.output],
+                           directories=[str(f) for f in j.output if f.is_directory],
+                           log=[str(f) for f in j.log], benchmark=[str(j.benchmark)] if j.benchmark else [])
+                      for j in wf.dag.jobs]))
+"""
+
+
+def snakemake_job_details(project: Path, targets=("all",), cores: int = 2) -> list[dict]:
+    """Every job Snakemake would run from scratch for `targets` with `--cores cores`, as a dict:
+    rule, shellcmd, threads (as Snakemake passes them, i.e. at most `cores`), input, output,
+    directories (the directory() outputs), log and benchmark (lists of paths)."""
+    import json
+    script = _SNAKEMAKE_JOB_DETAILS.replace("{args}", json.dumps([list(targets), cores]))
+    proc = run([sys.executable, "-c", script], project)
+    return json.loads(proc.stdout.strip().splitlines()[-1])

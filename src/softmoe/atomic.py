@@ -1,11 +1,14 @@
 """Atomic writes: write to a temporary file next to the target, then rename over it.
 
-A killed job therefore never leaves a half-written file under the final name."""
+A killed job therefore never leaves a half-written file under the final name. What it may leave is
+its temporary file (`.<name>.<8 characters>.tmp`); the next write of the same target (the rerun of
+the killed job) removes it."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -16,9 +19,16 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `path` on success."""
+    """Yield a temporary path in the target's folder; rename it onto `path` on success.
+
+    Temporary files of this target left by a killed writer are removed first (each output has one
+    writer at a time: one job under Snakemake or DVC)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    leftover = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")   # mkstemp's names
+    for old in path.parent.iterdir():
+        if leftover.fullmatch(old.name):
+            old.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)

@@ -110,7 +110,7 @@ QUICK = Plan(
     train_experts=(2, 4), train_batch=16, train_warmup=1, train_steps=3, workflow=False)
 
 # On a GPU: more repeats (calls are cheap) and the study's full table 3 configuration.
-GPU = dict(warmup=5, repeats=30, group_budget_s=20.0, peak_size=8192, compile_budget_s=120.0,
+GPU = dict(warmup=5, repeats=30, group_budget_s=20.0, peak_size=8192, compile_budget_s=60.0,
            wides=(WideShape("wide-full", 8, 768, 197, 768 * 40, 6, "table 3: ViT-B dims, 6 Soft MoE "
                             "layers, n=8 experts of hidden 768*40"),),
            wide_fractions=(1.0, 0.75, 0.5, 0.25))

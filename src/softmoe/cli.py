@@ -5,6 +5,7 @@ imported inside the step so that light steps do not pay for importing Lightning.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,9 +18,23 @@ def _params(args):
     return params.load(args.params)
 
 
+# Read by OpenMP/BLAS libraries when they load, by child processes, and by Lightning's DDP
+# launchers, which otherwise reset torch to (cores / processes) threads when OMP_NUM_THREADS is unset.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _threads(args) -> None:
+    """Hold this step to --threads compute threads (Snakemake's {threads} for the job): torch's
+    intra-op and inter-op pools, and through THREAD_ENV the libraries loaded later."""
+    for name in THREAD_ENV:
+        os.environ[name] = str(args.threads)
     import torch
     torch.set_num_threads(args.threads)
+    if torch.get_num_interop_threads() != args.threads:
+        try:
+            torch.set_num_interop_threads(args.threads)
+        except RuntimeError:  # settable once per process: a second in-process call keeps the first
+            pass
 
 
 def cmd_validate(args):

@@ -95,9 +95,10 @@ def _cross_checks(p: dict):
         if root is None:
             continue
         pure = PurePosixPath(root)
-        if e.get("download") and (pure.is_absolute() or ".." in pure.parts):
-            yield (f"key 'datasets.{name}.root': {root!r} would be written to by a download; use a "
-                   "relative path inside the project (e.g. data/raw/<name>) or set download: false")
+        if e.get("download") and (pure.is_absolute() or ".." in pure.parts or pure.parts[:1] != ("data",)):
+            yield (f"key 'datasets.{name}.root': {root!r} would be written to by a download, and "
+                   "downloads go only under the project's data/ folder; use a relative path "
+                   f"data/... (e.g. data/raw/{name}) or set download: false")
         if name == ds and e["source"] == "imagefolder" and not Path(root).is_dir():
             yield (f"key 'datasets.{name}.root': folder {root!r} does not exist; point it at an "
                    "ImageFolder tree with train/ and val/")

@@ -563,35 +563,14 @@ def _training_section(params: dict, tables: dict) -> Section:
     return Section("Training and the fixed budget", blocks)
 
 
-def _find_benchmarks_json(tables_dir: Path, html: Path) -> Path | None:
-    for path in (Path(tables_dir) / "benchmarks.json", Path(html).parent / "benchmarks.json"):
-        if path.is_file():
-            return path
-    return None
-
-
-def _benchmarks_section(tables_dir: Path, html: Path) -> Section:
-    path = _find_benchmarks_json(tables_dir, html)
-    if path is None:
-        return Section("Benchmarks", [Block("text", text=(
-            "NOT RUN: no benchmarks.json next to the tables or the report (`snakemake bench` writes "
-            "reports/benchmarks.json)."))])
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err}); rerun `softmoe bench`") from None
-    blocks = [Block("text", text=f"From {path} (written by `softmoe bench`; its Markdown summary lies next to it).")]
-    scalars = {}
-    for key, value in (obj.items() if isinstance(obj, dict) else [("results", obj)]):
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            frame = pd.json_normalize(value)
-            blocks.append(Block("table", frame=frame.map(_cell), caption=key, collapsed=len(frame) > 12))
-        else:
-            scalars.update(_flatten(value, key))
-    if scalars:
-        blocks.insert(1, Block("table", frame=pd.DataFrame([{"key": k, "value": _cell(v)} for k, v in scalars.items()]),
-                               caption="settings and single values", collapsed=len(scalars) > 12))
-    return Section("Benchmarks", blocks)
+def _benchmarks_section() -> Section:
+    """A pointer, not a copy: the benchmark files are written by `snakemake bench`, which is not
+    a step of this report, so reading them here would make the report depend on whether (and
+    when) that ran."""
+    return Section("Benchmarks", [Block("text", text=(
+        "Speed of this implementation (not a result of the paper): reports/benchmarks.md (CPU, "
+        "`snakemake --cores all bench`) and reports/benchmarks-gpu.md (CUDA, benchmarks/gpu.sh), "
+        "each with the machine and the code hashes it measured; not read by this report."))])
 
 
 def _cell(value) -> str:
@@ -821,7 +800,7 @@ def build_report(params: dict, params_path: Path, tables_dir: Path, figures_dir:
         _synthetic_section(tables),
         _latency_section(tables),
         _training_section(params, tables),
-        _benchmarks_section(tables_dir, html),
+        _benchmarks_section(),
         _provenance(params, params_path, tables, hardware,
                     {"tables": tables_dir, "figures": figures_dir, "benchmarks": benchmarks_dir}),
     ]

@@ -35,6 +35,7 @@ from softmoe.models import build_model, count_parameters
 
 import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.data, which prepares torchvision)
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 
 # params.train keys that may differ between a run and its resumption (where it runs, not what).
@@ -292,6 +293,19 @@ def console_setup() -> bool:
     return interactive
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written like every output (atomic.py): a temporary file next to last.ckpt,
+    renamed over it. Lightning's own save writes into $TMPDIR and moves the file; where $TMPDIR is
+    another filesystem than the run folder (tmpfs, a node's local disk) the move is a copy onto
+    last.ckpt, and a kill -9 during it leaves a truncated checkpoint that stops the rerun."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)   # Lightning's error
+        with atomic.atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
 def _trainer(params: dict, out: Path, resume: bool) -> pl.Trainer:
     from dvclive.lightning import DVCLiveLogger
 
@@ -312,6 +326,7 @@ def _trainer(params: dict, out: Path, resume: bool) -> pl.Trainer:
         precision=t.get("precision", "32-true"),
         max_steps=t["max_steps"] or -1, max_epochs=None if t["max_steps"] else t["epochs"],
         deterministic=True, use_distributed_sampler=False, logger=logger, callbacks=[checkpoint],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=interactive, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=1, default_root_dir=str(out))
 
