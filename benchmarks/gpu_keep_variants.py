@@ -2,7 +2,7 @@
 experts is fastest: one layer of the study's table 3 (n=8 experts of hidden 768*40, 197 tokens,
 GELU, bias), batch 1 and 100, k = 2 and 8, against the dense forward.
 
-Variants of SoftMoE._run_grouped (same outputs, checked against the current one):
+Ways to run the kept experts (same outputs, checked against the current one):
   current   rows grouped per expert, one addmm pair per kept expert (one host sync for the counts)
   bmm       the same loop, each expert through torch.bmm / baddbmm (the dense path's kernel)
   linear    the same loop, weights stored (out, in) and run through F.linear
@@ -22,30 +22,13 @@ import torch.nn.functional as F
 from softmoe.layer import SoftMoE
 
 
-def current(self, slots, expert):
-    return ORIGINAL(self, slots, expert)
+def bmm(self, j, z):
+    h = torch.baddbmm(self.b1[j].view(1, 1, -1), z.unsqueeze(0), self.w1[j].unsqueeze(0))
+    return torch.baddbmm(self.b2[j].view(1, 1, -1), self.act(h), self.w2[j].unsqueeze(0))[0]
 
 
-def _loop(self, slots, expert, run):
-    p, d = self.slots_per_expert, self.dim
-    order = torch.argsort(expert, stable=True)
-    counts = torch.bincount(expert, minlength=self.num_experts).tolist()
-    outputs = [run(j, z.reshape(-1, d)).view(-1, p, d)
-               for j, z in enumerate(slots[order].split(counts)) if len(z)]
-    return torch.cat(outputs)[torch.argsort(order)]
-
-
-def bmm(self, slots, expert):
-    def run(j, z):
-        h = torch.baddbmm(self.b1[j].view(1, 1, -1), z.unsqueeze(0), self.w1[j].unsqueeze(0))
-        return torch.baddbmm(self.b2[j].view(1, 1, -1), self.act(h), self.w2[j].unsqueeze(0))[0]
-    return _loop(self, slots, expert, run)
-
-
-def linear(self, slots, expert):
-    def run(j, z):
-        return F.linear(self.act(F.linear(z, self.w1t[j], self.b1[j])), self.w2t[j], self.b2[j])
-    return _loop(self, slots, expert, run)
+def linear(self, j, z):
+    return F.linear(self.act(F.linear(z, self.w1t[j], self.b1[j])), self.w2t[j], self.b2[j])
 
 
 def gather(self, slots, expert):
@@ -53,8 +36,20 @@ def gather(self, slots, expert):
     return torch.baddbmm(self.b2[expert].unsqueeze(1), self.act(h), self.w2[expert])
 
 
-ORIGINAL = SoftMoE._run_grouped
-VARIANTS = {"current": current, "bmm": bmm, "linear": linear, "gather": gather}
+# name -> (method of SoftMoE replaced, replacement); bmm and linear keep the grouping loop of
+# SoftMoE._run_grouped and replace the per-expert function it calls.
+VARIANTS = {"current": (None, None), "bmm": ("_expert", bmm), "linear": ("_expert", linear),
+            "gather": ("_run_grouped", gather)}
+ORIGINAL = {name: getattr(SoftMoE, name) for name in ("_expert", "_run_grouped")}
+
+
+def use(variant: str) -> None:
+    """Put SoftMoE back as it is, then swap in `variant`."""
+    for name, method in ORIGINAL.items():
+        setattr(SoftMoE, name, method)
+    name, method = VARIANTS[variant]
+    if name:
+        setattr(SoftMoE, name, method)
 
 
 def median_ms(fn, warmup=10, repeats=30) -> float:
@@ -85,16 +80,16 @@ def main() -> None:
             dense = median_ms(lambda: layer(x))
             rows.append((batch, "-", "dense", dense, 1.0))
             for k in (2, 8):
-                SoftMoE._run_grouped = ORIGINAL
+                use("current")
                 want = layer(x, k=k)
-                for name, variant in VARIANTS.items():
+                for name in VARIANTS:
                     if name == "gather" and batch > 1:
                         continue
-                    SoftMoE._run_grouped = variant
+                    use(name)
                     err = ((layer(x, k=k) - want).norm() / want.norm()).item()
                     ms = median_ms(lambda: layer(x, k=k))
                     rows.append((batch, k, f"{name} (rel err {err:.1e})", ms, ms / dense))
-        SoftMoE._run_grouped = ORIGINAL
+        use("current")
         print(f"{'batch':>5} {'k':>3} {'variant':<28} {'ms':>8} {'/dense':>7}")
         for batch, k, name, ms, ratio in rows:
             print(f"{batch:>5} {k!s:>3} {name:<28} {ms:8.3f} {ratio:7.3f}")

@@ -79,29 +79,6 @@ def file_hashes(root: Path, folders=("results", "metrics", "data"), skip=()) -> 
 
 
 # Snakemake's own DAG of a project (pinned Snakemake 9.27: uses the API's workflow object).
-_SNAKEMAKE_JOBS = """
-import json
-from pathlib import Path
-from snakemake.api import SnakemakeApi
-from snakemake.settings.types import DAGSettings, OutputSettings, ResourceSettings
-with SnakemakeApi(OutputSettings()) as api:
-    wapi = api.workflow(resource_settings=ResourceSettings(cores=2),
-                        snakefile=Path("Snakefile").resolve(), workdir=Path(".").resolve())
-    wf = wapi.dag(dag_settings=DAGSettings(forceall=True)).workflow_api._workflow
-    wf._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
-    wf._build_dag()
-    print(json.dumps([[j.rule.name, j.shellcmd, [str(o) for o in j.output]] for j in wf.dag.jobs]))
-"""
-
-
-def snakemake_jobs(project: Path) -> list[tuple[str, str, list[str]]]:
-    """(rule, shell command, outputs) of every job Snakemake would run from scratch."""
-    import json
-    proc = run([sys.executable, "-c", _SNAKEMAKE_JOBS], project)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# The same DAG with the targets, cores and job fields the caller asks for (parallel-safety tests).
 _SNAKEMAKE_JOB_DETAILS = """
 import json
 from pathlib import Path
@@ -130,3 +107,8 @@ def snakemake_job_details(project: Path, targets=("all",), cores: int = 2) -> li
     script = _SNAKEMAKE_JOB_DETAILS.replace("{args}", json.dumps([list(targets), cores]))
     proc = run([sys.executable, "-c", script], project)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def snakemake_jobs(project: Path) -> list[tuple[str, str, list[str]]]:
+    """(rule, shell command, outputs) of every job Snakemake would run from scratch."""
+    return [(j["rule"], j["shellcmd"], j["output"]) for j in snakemake_job_details(project)]

@@ -95,7 +95,7 @@ def _cross_checks(p: dict):
         if root is None:
             continue
         pure = PurePosixPath(root)
-        if e.get("download") and (pure.is_absolute() or ".." in pure.parts or pure.parts[:1] != ("data",)):
+        if e.get("download") and (pure.parts[:1] != ("data",) or ".." in pure.parts):  # absolute: "/" first
             yield (f"key 'datasets.{name}.root': {root!r} would be written to by a download, and "
                    "downloads go only under the project's data/ folder; use a relative path "
                    f"data/... (e.g. data/raw/{name}) or set download: false")
