@@ -24,6 +24,7 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 PHI_INITS = ("uniform", "lecun")
 NORM_EPS = 1e-12    # as F.normalize: x / max(|x|, eps)
 MEMORY_WEIGHT = 50  # multiply-adds one float written costs, for the choice in SoftMoE.token_side
+GROUPED_MM_MAJORS = (9, 10)  # CUDA compute capabilities where torch._grouped_mm has its bf16 kernel
 
 
 class SoftMoE(nn.Module):
@@ -158,21 +159,50 @@ class SoftMoE(nn.Module):
         return combine, self._second_layer(hidden)
 
     # ---- experts, a subset per input (Algorithm 2) ------------------------------------------
+    def keep_backend(self, x: torch.Tensor, k: int) -> str:
+        """How `forward` runs k kept experts per input on x (b, m, d); all give the same outputs.
+
+        "masked"      token_side(m) (many tiny experts): the dense token form, C zeroed on the
+                      dropped experts (every expert runs; on CPU faster than any grouping).
+        Otherwise only the kept experts run (Algorithm 2). Eager on the CPU, where a host sync
+        is free:
+        "loop"        rows grouped per expert, one matmul pair per kept expert, one host sync
+                      for the group sizes.
+        On CUDA and under torch.compile, static shapes and no host sync (so a CUDA graph can
+        capture the layer and torch.compile sees one graph):
+        "grouped_mm"  rows sorted by expert, group offsets computed on the device, one grouped
+                      GEMM per linear map (torch._grouped_mm) where it runs without a host sync:
+                      bf16 on CUDA compute capability 9.x/10.x or on the CPU, rows 16-byte aligned;
+        "gathered"    otherwise, one bmm pair with each (input, expert) pair's weights gathered;
+                      it copies b*k experts' weights, so on CUDA only when b*k <= n (else "loop").
+        """
+        if self.token_side(x.shape[1]):
+            return "masked"
+        if not (x.is_cuda or torch.compiler.is_compiling()):
+            return "loop"
+        if _grouped_mm_sync_free(x, self.dim, self.expert_hidden):
+            return "grouped_mm"
+        if x.shape[0] * k <= self.num_experts or not x.is_cuda:
+            return "gathered"
+        return "loop"
+
     def _check_keep(self, keep: torch.Tensor, batch: int) -> None:
         if keep.dtype != torch.long or keep.dim() != 2 or keep.shape[0] != batch or keep.shape[1] < 1:
             raise ValueError(f"keep must be a LongTensor (batch={batch}, k >= 1), got {keep.dtype} "
                              f"{tuple(keep.shape)}")
+        if torch.compiler.is_compiling() or (keep.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return                 # the value checks below read keep on the host
         if keep.min() < 0 or keep.max() >= self.num_experts:
             raise ValueError(f"keep holds expert indices outside [0, {self.num_experts})")
         ordered = keep.sort(dim=1).values
         if (ordered[:, 1:] == ordered[:, :-1]).any():
             raise ValueError("keep lists an expert twice for the same input")
 
-    def _run_grouped(self, slots: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    def _run_loop(self, slots: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """Each expert on exactly the rows that kept it: slots (P, p, d), expert (P,) -> (P, p, d).
 
         The rows are grouped by expert, so expert j does one matmul over its c_j rows and
-        experts nobody kept never run.
+        experts nobody kept never run (the group sizes are read on the host).
         """
         p, d = self.slots_per_expert, self.dim
         order = torch.argsort(expert, stable=True)
@@ -189,14 +219,39 @@ class SoftMoE(nn.Module):
         z = self.act(z)
         return z @ self.w2[j] if self.b2 is None else torch.addmm(self.b2[j], z, self.w2[j])
 
+    def _run_grouped_mm(self, slots: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """As `_run_loop`, with static shapes: rows sorted by expert, offsets on the device, one
+        grouped GEMM per linear map (experts with no rows do no work), rows put back in order."""
+        pairs, p, d = slots.shape
+        order = torch.argsort(expert, stable=True)
+        counts = torch.zeros(self.num_experts, dtype=torch.long, device=expert.device)
+        counts = counts.scatter_add(0, expert, torch.ones_like(expert))
+        offsets = (counts.cumsum(0) * p).to(torch.int32)                  # end of each expert's rows
+        row_expert = expert[order].view(pairs, 1).expand(pairs, p).reshape(-1)  # (pairs*p,)
+        z = torch._grouped_mm(slots[order].reshape(pairs * p, d), self.w1, offs=offsets)
+        z = self.act(z if self.b1 is None else z + self.b1[row_expert])
+        z = torch._grouped_mm(z, self.w2, offs=offsets)
+        z = (z if self.b2 is None else z + self.b2[row_expert]).view(pairs, p, d)
+        return torch.empty_like(z).index_copy_(0, order, z)
+
+    def _run_gathered(self, slots: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """As `_run_loop`, with static shapes: one bmm pair, each (input, expert) pair with its
+        expert's weights gathered (a copy of b*k experts' weights)."""
+        w1, w2 = self.w1[expert], self.w2[expert]
+        z = torch.bmm(slots, w1) if self.b1 is None else torch.baddbmm(self.b1[expert].unsqueeze(1), slots, w1)
+        z = self.act(z)
+        return torch.bmm(z, w2) if self.b2 is None else torch.baddbmm(self.b2[expert].unsqueeze(1), z, w2)
+
     def _forward_kept(self, x: torch.Tensor, logits: torch.Tensor, inv: torch.Tensor | None,
-                      keep: torch.Tensor, renormalize: bool, combine: torch.Tensor | None) -> torch.Tensor:
+                      keep: torch.Tensor, renormalize: bool, combine: torch.Tensor | None,
+                      backend: str) -> torch.Tensor:
         """Algorithm 2: only the kept experts' slots are filled, run and combined (b, m, d).
 
         Dropping an expert's output rows from C Ỹ is the same as zeroing them. Without
         renormalization C keeps the weights of the softmax over all slots (`combine`, when the
         caller already has it); with it, C is the softmax over the kept slots only. D is the
-        softmax over tokens, column by column, so the kept columns are unchanged.
+        softmax over tokens, column by column, so the kept columns are unchanged. `backend`
+        (see `keep_backend`) says how the kept experts run.
         """
         b, m, _ = logits.shape
         p, d, k = self.slots_per_expert, self.dim, keep.shape[1]
@@ -204,7 +259,8 @@ class SoftMoE(nn.Module):
         kept_slots = kept_slots.expand(b, m, k * p)
         kept_logits = logits.gather(2, kept_slots)                        # (b, m, k*p)
         slots = self._dispatch(kept_logits, inv).transpose(1, 2) @ x      # X̃ of kept slots (b, k*p, d)
-        outputs = self._run_grouped(slots.view(b * k, p, d), keep.flatten())  # (b*k, p, d)
+        run = getattr(self, f"_run_{backend}")
+        outputs = run(slots.view(b * k, p, d), keep.flatten())          # (b*k, p, d)
         if renormalize:
             combine = kept_logits.softmax(dim=2)
         else:
@@ -236,12 +292,12 @@ class SoftMoE(nn.Module):
         weight. renormalize (None = the module default) makes C the softmax over the kept slots
         only; otherwise C is not renormalized (Algorithm 1). D is never changed.
 
-        How the kept experts run depends on the regime (`token_side`). Wide experts (ViT): only
-        the kept experts run, each on the rows that kept it (Algorithm 2), so the cost falls with
-        k. Many tiny experts (MNIST n >= 64): the dense token form runs every expert and masks
-        the dropped ones out of C, because on CPU that is faster than a per-expert loop; the
-        dropped experts' FLOPs are then computed and discarded (and the output does not depend
-        on their values unless those are inf or NaN).
+        How the kept experts run is `keep_backend`'s choice. Wide experts (ViT): only the kept
+        experts run, each on the rows that kept it (Algorithm 2), so the cost falls with k; on
+        CUDA and under torch.compile without any host sync. Many tiny experts (MNIST n >= 64):
+        the dense token form runs every expert and masks the dropped ones out of C, because on
+        CPU that is faster than a per-expert loop; the dropped experts' FLOPs are then computed
+        and discarded (and the output does not depend on their values unless those are inf or NaN).
         """
         logits, inv = self._logits(x)
         if keep is None and k is None:
@@ -256,5 +312,16 @@ class SoftMoE(nn.Module):
             keep = keep.to(x.device)
             self._check_keep(keep, x.shape[0])
         renormalize = self.renormalize if renormalize is None else renormalize
-        kept_path = self._forward_masked if self.token_side(x.shape[1]) else self._forward_kept
-        return kept_path(x, logits, inv, keep, renormalize, combine)
+        backend = self.keep_backend(x, keep.shape[1])
+        if backend == "masked":
+            return self._forward_masked(x, logits, inv, keep, renormalize, combine)
+        return self._forward_kept(x, logits, inv, keep, renormalize, combine, backend)
+
+
+def _grouped_mm_sync_free(x: torch.Tensor, *dims: int) -> bool:
+    """Whether torch._grouped_mm runs on x without a host sync (and under torch.compile): bf16
+    on the CPU (a loop over the groups on the host) or on CUDA compute capability 9.x/10.x (its
+    grouped GEMM kernel); every row 16-byte aligned."""
+    if x.dtype != torch.bfloat16 or any(dim * x.element_size() % 16 for dim in dims):
+        return False
+    return not x.is_cuda or torch.cuda.get_device_capability(x.device)[0] in GROUPED_MM_MAJORS
