@@ -33,7 +33,7 @@ def tiny(n: int = 4, num_classes: int = 10) -> SoftMoEAstroformer:
 
 @pytest.mark.parametrize("n", CIFAR_GRIDS)
 def test_astroformer1_counts_on_meta_device(n):
-    """Astroformer-1, 96 px: about 180M parameters, 151.1M in experts (STUDY.md §3's formula)."""
+    """Astroformer-1, 96 px: about 180M parameters, 151.1M in experts (docs/study.md §3)."""
     with torch.device("meta"):
         model = SoftMoEAstroformer(num_classes=100, num_experts=n)
     counts = count_parameters(model)
