@@ -186,6 +186,7 @@ def test_build_model():
               "train": {"dropout": 0.1}}
     vit = build_model(params, 4, 100)
     assert isinstance(vit, SoftMoEViT) and vit.vit.head.out_features == 100
+    assert vit.num_experts == 4                    # evaluate.selection_table reads it
     assert vit.vit.head_drop.p == 0.1
     assert sum(isinstance(m, SoftMoE) for m in vit.modules()) == 1
     with pytest.raises(UserError, match="model.kind"):

@@ -127,6 +127,7 @@ class SoftMoEViT(nn.Module):
         import_torchvision()
         from timm.models.vision_transformer import VisionTransformer
 
+        self.num_experts = num_experts
         self.vit = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                      num_classes=num_classes, embed_dim=embed_dim, depth=depth,
                                      num_heads=num_heads, drop_rate=drop_rate)
