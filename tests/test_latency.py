@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from softmoe import latency
+from softmoe import latency, timing
 from softmoe.layer import SoftMoE
 from softmoe.models import MnistSoftMoE
 
@@ -40,9 +40,12 @@ def test_measure_writes_rows_and_hardware(tmp_path):
     table = pd.read_csv(out)
     assert list(table.columns) == latency.COLUMNS
     # n=4: k = 4, 2, 1 (0.25 and 0.125 both give k=1, counted once), at 2 batch sizes, 2 configs
-    assert table.groupby("config").size().to_dict() == {"mnist5k/n4-s0": 6, "wide": 6}
     assert sorted(set(table["k"])) == [1, 2, 4] and sorted(set(table["batch"])) == [1, 8]
     assert (table["device"] == ("cuda" if torch.cuda.is_available() else "cpu")).all()
+    if torch.cuda.is_available():        # fp32 and bf16 rows; the checks below are on fp32
+        assert set(table["config"]) == {"mnist5k/n4-s0", "wide", "mnist5k/n4-s0@bf16", "wide@bf16"}
+        table = table[~table["config"].str.endswith("@bf16")]
+    assert table.groupby("config").size().to_dict() == {"mnist5k/n4-s0": 6, "wide": 6}
     assert (table["repeats"] == 3).all()
     assert (table["q25_ms"] <= table["median_ms"]).all() and (table["median_ms"] <= table["q75_ms"]).all()
     assert (table["median_ms"] > 0).all()
@@ -81,8 +84,16 @@ def test_run_layers_chains_and_selects():
     layers = latency.wide_layers(WIDE)
     x = torch.randn(3, 5, 16)
     with torch.inference_mode():
-        assert torch.equal(latency.run_layers(layers, x, 4), layers[1](layers[0](x)))
-        assert torch.equal(latency.run_layers(layers, x, 2), layers[1](layers[0](x, k=2), k=2))
+        assert torch.equal(timing.run_layers(layers, x), layers[1](layers[0](x)))
+        assert torch.equal(timing.run_layers(layers, x, 2), layers[1](layers[0](x, k=2), k=2))
+
+
+def test_time_config_rows_per_precision():
+    """CPU: fp32 rows only, under the configuration's own name; each k timed and counted."""
+    cfg = {"fractions": [1.0, 0.5], "batch_sizes": [2], "warmup": 1, "repeats": 2}
+    rows = latency.time_config("wide", latency.wide_layers(WIDE), (5, 16), cfg, torch.device("cpu"))
+    assert [(r["config"], r["k"], r["repeats"]) for r in rows] == [("wide", 4, 2), ("wide", 2, 2)]
+    assert rows[1]["flops"] < rows[0]["flops"] and rows[0]["ratio"] == 1.0
 
 
 def test_measure_refuses_a_missing_run(tmp_path):
