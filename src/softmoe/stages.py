@@ -1,38 +1,40 @@
-"""What each step depends on besides its input files: params keys and source modules.
+"""What each step depends on besides its input files: params keys and source files.
 
 Snakemake rules put these into `params:` (a change reruns the rule) and `input:`; dvc.yaml lists
-the same keys under `params:` and the same files under `deps:`. tests/test_workflow.py checks
-that the two engines agree with this table."""
+the same keys under `params:` and the same files under `deps:`. The params keys are listed here;
+the source files are derived from the imports of the step's code (softmoe.deps), never listed.
+tests/test_workflow.py checks that the two engines agree with this module; tests/test_deps.py
+that dvc.yaml lists exactly the derived source files (`python -m softmoe.deps --check dvc.yaml`)."""
 from __future__ import annotations
 
 import json
 
-_MATH = ["src/softmoe/layer.py", "src/softmoe/models.py", "src/softmoe/selection.py"]
-_MODELFILE = "src/softmoe/modelfile.py"
+from softmoe import deps
 
-# step -> (params keys, with {dataset} filled from params.yaml; source files)
+# step -> params keys it reads, with {dataset} filled from params.yaml
 STEPS = {
-    "prepare": (["datasets.{dataset}"], ["src/softmoe/data.py"]),
-    "train": (["model", "train"], ["src/softmoe/train.py", "src/softmoe/data.py", _MODELFILE, *_MATH]),
-    "synthetic": (["synthetic.variance", "synthetic.batch_size", "synthetic.steps", "synthetic.lr",
-                   "synthetic.seed"], ["src/softmoe/synthetic.py", _MODELFILE, *_MATH]),
-    "proof": (["synthetic.proof_scales"], ["src/softmoe/synthetic.py"]),
-    "evaluate": (["evaluate"], ["src/softmoe/evaluate.py", *_MATH]),
-    "tabulate": ([], ["src/softmoe/tables.py"]),
-    "summarize": ([], ["src/softmoe/evaluate.py"]),
-    "latency": (["latency"], ["src/softmoe/latency.py", *_MATH]),
-    "figures": ([], ["src/softmoe/figures.py", "src/softmoe/paper.py"]),
-    "report": (["report"], ["src/softmoe/report.py", "src/softmoe/figures.py", "src/softmoe/paper.py",
-                            "src/softmoe/templates/report.html.j2"]),
+    "prepare": ["datasets.{dataset}"],
+    "train": ["model", "train"],
+    "synthetic": ["synthetic.batch_size", "synthetic.steps", "synthetic.lr", "synthetic.seed"],
+    "proof": ["synthetic.proof_scales"],
+    "evaluate": ["evaluate"],
+    "calibrate": ["model", "train", "evaluate", "calibration.epochs"],
+    "tabulate": [],
+    "summarize": [],
+    "latency": ["latency"],
+    "claims": [],
+    "figures": [],
+    "report": ["report"],
 }
 
 
 def param_keys(step: str, params: dict) -> list[str]:
-    return [k.format(dataset=params["dataset"]) for k in STEPS[step][0]]
+    return [k.format(dataset=params["dataset"]) for k in STEPS[step]]
 
 
 def code(step: str) -> list[str]:
-    return STEPS[step][1]
+    """The source files `softmoe <step>` runs (src/softmoe/..., sorted), from its imports."""
+    return deps.step_deps(step)
 
 
 def param_values(step: str, params: dict) -> str:

@@ -1,0 +1,317 @@
+"""The code files each `softmoe <step>` depends on, derived from the imports of src/softmoe.
+
+A step's code is found by static analysis (ast), never listed by hand:
+- start at `cmd_<step>` in cli.py: the softmoe modules it imports in its body, the module-level
+  softmoe imports of cli.py whose names it uses, and the same for the cli.py helpers it calls
+  (e.g. `_params` imports params). cli.py itself is not a dep: it parses the arguments of every
+  step, so listing it would rerun the whole study for a new option of one step;
+- follow every import of a softmoe module, at module level or inside a function
+  (`import softmoe.x`, `from softmoe import x`, `from softmoe.x import y`, relative forms);
+- add the package data files a reached module names in a string literal (params.schema.yaml,
+  report.html.j2): any non-Python file under src/softmoe whose path or name a literal equals.
+src/softmoe/__init__.py is a dep only when a name is imported from it; tests/test_deps.py
+keeps it free of code so that importing the package runs nothing else.
+
+stages.code() serves these lists to Snakemake; `python -m softmoe.deps --check dvc.yaml`
+compares them with dvc.yaml's `deps:` and prints the lines to add or remove. ALLOWED and
+FORBIDDEN are the direction rules of the import graph (`--graph` prints it)."""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from softmoe import atomic
+from softmoe.errors import UserError
+
+PACKAGE = Path(__file__).resolve().parent
+PREFIX = "src/softmoe/"  # how the repository root names the package folder
+
+# module -> the only softmoe modules it may reach (directly or through others): the math and
+# the leaves know nothing of data, training, tables, reports or the CLI.
+ALLOWED = {
+    "errors": set(),
+    "atomic": set(),
+    "layout": set(),
+    "selection": {"errors"},
+    "layer": {"errors", "selection"},
+}
+# module -> softmoe modules it must not reach; "*" applies to every module.
+FORBIDDEN = {
+    "*": {"cli"},
+    "models": {"data", "train"},
+    "data": {"models", "train"},
+    "report": {"models", "train"},
+    "figures": {"models", "train"},
+}
+
+
+def module_file(name: str, root: Path = PACKAGE) -> Path | None:
+    """The file of softmoe module `name` (without the `softmoe.` prefix), if it exists."""
+    base = root.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
+def _bindings(node: ast.Import | ast.ImportFrom, package: str, root: Path) -> list[tuple[str, str]]:
+    """(name bound, softmoe module loaded) for one import statement ("__init__": the package itself)."""
+    if isinstance(node, ast.Import):
+        return [((a.asname or a.name).split(".")[0], a.name.split(".", 1)[1])
+                for a in node.names if a.name.startswith("softmoe.") and module_file(a.name.split(".", 1)[1], root)]
+    if node.level:  # relative: resolved against the importing module's package
+        parts = package.split(".") if package else []
+        parts = parts[:len(parts) - node.level + 1]
+        base = ".".join([*parts, *(node.module.split(".") if node.module else [])])
+    elif node.module == "softmoe" or (node.module or "").startswith("softmoe."):
+        base = node.module.partition(".")[2]
+    else:
+        return []
+    found = []
+    for alias in node.names:
+        sub = f"{base}.{alias.name}" if base else alias.name
+        found.append((alias.asname or alias.name, sub if module_file(sub, root) else base or "__init__"))
+    return [(name, mod) for name, mod in found if module_file(mod, root)]  # a missing module fails at import
+
+
+def _imported(node: ast.Import | ast.ImportFrom, package: str, root: Path) -> set[str]:
+    return {mod for _, mod in _bindings(node, package, root)}
+
+
+def _tree(path: Path) -> ast.Module:
+    return _scan(path.read_text(), str(path))[0]
+
+
+@lru_cache(maxsize=None)
+def _scan(text: str, filename: str) -> tuple[ast.Module, list[tuple[ast.Import | ast.ImportFrom, bool]], set[str]]:
+    """A module's tree, its import statements (each with: is it at module level?) and its string literals."""
+    tree = ast.parse(text, filename=filename)
+    found = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.append((child, top))
+            visit(child, top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, True)
+    literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    return tree, found, literals
+
+
+def imports(name: str, root: Path = PACKAGE) -> dict[str, bool]:
+    """softmoe module -> whether `name` imports it at module level (False: only inside a function)."""
+    path = module_file(name, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: dict[str, bool] = {}
+    for node, top in _scan(path.read_text(), str(path))[1]:
+        for mod in _imported(node, package, root):
+            found[mod] = found.get(mod, False) or top
+    found.pop(name, None)
+    return found
+
+
+def _data_files(root: Path) -> dict[str, str]:
+    """Non-Python files of the package: path relative to `root` -> file name."""
+    return {p.relative_to(root).as_posix(): p.name for p in root.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+
+
+def data_files(name: str, root: Path = PACKAGE, files: dict[str, str] | None = None) -> set[str]:
+    """Package data files (paths relative to `root`) that module `name` names in a string literal."""
+    path = module_file(name, root)
+    literals = _scan(path.read_text(), str(path))[2]
+    return {rel for rel, base in (files or _data_files(root)).items() if rel in literals or base in literals}
+
+
+def _cli_entry(step: str, root: Path) -> set[str]:
+    """The softmoe modules `cmd_<step>` of cli.py imports, itself or through the cli helpers it calls."""
+    tree = _tree(module_file("cli", root))
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    if f"cmd_{step}" not in funcs:
+        steps = sorted(f[4:] for f in funcs if f.startswith("cmd_"))
+        raise UserError(f"no step {step!r}: cli.py has no cmd_{step}; define it there (steps: {', '.join(steps)})")
+    bound: dict[str, set[str]] = {}  # name bound by a module-level softmoe import of cli.py -> modules
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for name, mod in _bindings(node, "", root):
+                bound.setdefault(name, set()).add(mod)
+    found, seen, todo = set(), set(), [f"cmd_{step}"]
+    while todo:
+        func = todo.pop()
+        seen.add(func)
+        for node in ast.walk(funcs[func]):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                found |= _imported(node, "", root)
+            elif isinstance(node, ast.Name):
+                if node.id in bound:
+                    found |= bound[node.id]
+                elif node.id in funcs and node.id not in seen:
+                    todo.append(node.id)
+    return found
+
+
+def closure(start: set[str], root: Path = PACKAGE) -> set[str]:
+    """`start` and every softmoe module it reaches through imports."""
+    reached, todo = set(), list(start)
+    while todo:
+        mod = todo.pop()
+        if mod not in reached:
+            reached.add(mod)
+            todo.extend(imports(mod, root))
+    return reached
+
+
+def _rel(name: str, root: Path) -> str:
+    return module_file(name, root).relative_to(root).as_posix()
+
+
+def step_deps(step: str, root: Path = PACKAGE) -> list[str]:
+    """The code files of `softmoe <step>`, sorted, as the repository names them (src/softmoe/...)."""
+    mods = closure(_cli_entry(step, root), root)
+    data = _data_files(root)
+    files = {_rel(m, root) for m in mods} | {f for m in mods for f in data_files(m, root, data)}
+    return sorted(PREFIX + f for f in files)
+
+
+def modules(root: Path = PACKAGE) -> list[str]:
+    return sorted(_module_name(p, root) for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def graph(root: Path = PACKAGE) -> str:
+    """The import graph as text: `a -> b, c (lazy d)`; lazy imports are inside functions."""
+    lines = []
+    for mod in modules(root):
+        edges = imports(mod, root)
+        eager = sorted(m for m, top in edges.items() if top)
+        lazy = sorted(m for m, top in edges.items() if not top)
+        lines.append(f"{mod} -> {', '.join(eager) or '-'}" + (f" (lazy {', '.join(lazy)})" if lazy else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _path(start: str, goal: str, root: Path) -> list[str] | None:
+    """A shortest import chain from `start` to `goal`, or None."""
+    prev, frontier = {start: None}, [start]
+    while frontier:
+        nxt = []
+        for mod in frontier:
+            for dep in sorted(imports(mod, root)):
+                if dep not in prev:
+                    prev[dep] = mod
+                    nxt.append(dep)
+        frontier = nxt
+    if goal not in prev:
+        return None
+    chain = [goal]
+    while prev[chain[-1]] is not None:
+        chain.append(prev[chain[-1]])
+    return chain[::-1]
+
+
+def violations(root: Path = PACKAGE) -> list[tuple[str, str]]:
+    """(rule, import chain) for every reach that breaks a rule: ("FORBIDDEN[data]", "data -> models")."""
+    out = []
+    for mod in modules(root):
+        reached = closure({mod}, root) - {mod}
+        rules = {f"FORBIDDEN[{key}]": banned & reached for key, banned in FORBIDDEN.items() if key in ("*", mod)}
+        if mod in ALLOWED:
+            rules[f"ALLOWED[{mod}]"] = reached - ALLOWED[mod]
+        out += [(rule, " -> ".join(_path(mod, goal, root))) for rule, goals in rules.items() for goal in sorted(goals)]
+    return out
+
+
+def _dvc_steps(dvc_yaml: Path) -> dict[str, tuple[str, set[str] | None]]:
+    """dvc.yaml stage -> (the softmoe step its cmd runs, the src/ files its deps list; None: no deps)."""
+    out = {}
+    for stage, spec in yaml.safe_load(Path(dvc_yaml).read_text())["stages"].items():
+        body = spec.get("do", spec)
+        words = body["cmd"].split()
+        if words[0] == "softmoe":
+            listed = body.get("deps")
+            out[stage] = (words[1], None if listed is None else
+                          {d for d in listed if isinstance(d, str) and d.startswith("src/")})
+    return out
+
+
+def check_dvc(dvc_yaml: Path, root: Path = PACKAGE) -> list[str]:
+    """One line per src/ dep that a dvc.yaml stage lacks or lists in excess of its step's derived deps."""
+    problems = []
+    for stage, (step, listed) in _dvc_steps(dvc_yaml).items():
+        derived, listed = set(step_deps(step, root)), listed or set()
+        problems += [f"{dvc_yaml}: stage {stage} (softmoe {step}) imports {dep}: add `- {dep}` to its deps"
+                     for dep in sorted(derived - listed)]
+        problems += [f"{dvc_yaml}: stage {stage} (softmoe {step}) does not use {dep}: remove it from its deps"
+                     for dep in sorted(listed - derived)]
+    return problems
+
+
+def write_dvc(dvc_yaml: Path, root: Path = PACKAGE) -> None:
+    """Rewrite, in place, the src/ lines of every softmoe stage's `deps:` list with the derived
+    ones (after its other deps); every other line of the file stays as it is."""
+    steps = _dvc_steps(dvc_yaml)
+    bare = [stage for stage, (_, listed) in steps.items() if listed is None]
+    if bare:
+        raise UserError(f"{dvc_yaml}: stage(s) {', '.join(bare)} have no `deps:` list; add one, then rerun")
+    lines, out, stage, i = Path(dvc_yaml).read_text().splitlines(keepends=True), [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            stage = line.strip()[:-1]  # a stage name (dvc.yaml indents stages by two spaces)
+        if stage in steps and line.strip() == "deps:":
+            indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+            while i < len(lines) and lines[i].startswith(indent + "- "):
+                if not lines[i].startswith(indent + "- src/"):
+                    out.append(lines[i])
+                i += 1
+            out += [f"{indent}- {dep}\n" for dep in step_deps(steps[stage][0], root)]
+    atomic.write_text(dvc_yaml, "".join(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m softmoe.deps", description=__doc__.splitlines()[0])
+    ap.add_argument("--check", metavar="DVC_YAML", help="compare a dvc.yaml's src deps with the derived ones")
+    ap.add_argument("--write", metavar="DVC_YAML", help="rewrite a dvc.yaml's src deps with the derived ones")
+    ap.add_argument("--graph", action="store_true", help="print the import graph and rule violations")
+    ap.add_argument("step", nargs="*", help="steps whose code deps to print (default: every cmd_<step>)")
+    args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as err:
+        print(f"python -m softmoe.deps: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.check:
+        problems = check_dvc(Path(args.check))
+        print("\n".join(problems) or f"{args.check}: every stage lists exactly its code deps")
+        return 1 if problems else 0
+    if args.write:
+        write_dvc(Path(args.write))
+        return 0
+    if args.graph:
+        print(graph(), end="")
+        broken = violations()
+        print("\nrule violations:\n" + ("\n".join(f"{rule}: {chain}" for rule, chain in broken) or "none"))
+        return 0
+    tree = _tree(module_file("cli"))
+    steps = args.step or [n.name[4:] for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("cmd_")]
+    for step in steps:
+        print(f"{step}: {' '.join(step_deps(step))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
