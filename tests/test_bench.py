@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from softmoe import bench, cli
+from softmoe import bench, cli, timing
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 
@@ -169,21 +172,21 @@ def test_comparison_formulations_compute_our_layer(normalize, bias, activation, 
 
 
 def test_summaries_counts_and_interleaving():
-    stats = bench.summarize_times([0.005, 0.001, 0.003, 0.002, 0.004])
+    stats = timing.summarize_times([0.005, 0.001, 0.003, 0.002, 0.004])
     assert stats["repeats"] == 5
     assert all(math.isclose(stats[k], v) for k, v in {"median_ms": 3, "q25_ms": 2, "q75_ms": 4, "min_ms": 1}.items())
     calls = []
-    out = bench.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 2, 3)
+    out = timing.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 2, 3)
     assert calls == ["a", "b"] * 2 + ["a", "b", "b", "a", "a", "b"]     # warm-up, then rotated order
     assert {k: v["repeats"] for k, v in out.items()} == {"a": 3, "b": 3}
     calls.clear()         # over budget: "slow" gets one warm-up and min_repeats timed calls
-    out = bench.time_interleaved({"fast": lambda: calls.append("fast"),
+    out = timing.time_interleaved({"fast": lambda: calls.append("fast"),
                                   "slow": lambda: (calls.append("slow"), time.sleep(0.02))},
                                  "cpu", 3, 9, budget_s=2 * 0.02, min_repeats=2)
     assert calls.count("slow") == 1 + 2 and out["slow"]["repeats"] == 2
     assert calls.count("fast") == 3 + 9 and out["fast"]["repeats"] == 9
     a, b = torch.randn(3, 4), torch.randn(4, 5)
-    assert bench.count_flops(lambda: a @ b) == 2 * 3 * 4 * 5
+    assert timing.count_flops(lambda: a @ b) == 2 * 3 * 4 * 5
 
 
 def test_study_benchmarks_reject_a_broken_file(tmp_path):
@@ -223,3 +226,32 @@ def test_workflow_overhead_records_errors_outside_a_workflow(tmp_path):
     assert rows[0]["ok"] is False and rows[0]["error"]          # no Snakefile here
     assert rows[1]["ok"] is False and "not run" in rows[1]["error"]
     assert rows[2]["ok"] is False and rows[2]["error"]          # not a DVC repository
+
+
+def test_gpu_keep_script_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_keep.py --device cpu --quick: the GPU script's rows, ratios and report."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    script = [sys.executable, str(root / "benchmarks" / "gpu_keep.py")]
+    done = subprocess.run([*script, "--device", "cpu", "--quick", "--out", str(tmp_path / "k")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "k.json").read_text())
+    assert result["device"] == "cpu" and result["hardware"]["torch"] == torch.__version__
+    rows = result["rows"]
+    assert [(r["batch"], r["k"], r["path"]) for r in rows] == [
+        (b, k, p) for b in (1, 8) for k, p in ((4, "dense"), (4, "k"), (3, "k"), (2, "k"), (1, "k"))]
+    for batch in (1, 8):
+        group = [r for r in rows if r["batch"] == batch]
+        assert all(_close(r["ratio"], r["median_ms"] / group[0]["median_ms"]) for r in group)
+        flops = [r["flop_ratio"] for r in group[1:]]
+        assert flops == sorted(flops, reverse=True) and flops[-1] < 0.5
+        assert all(r["backend"] == "loop" and r["rel_error_vs_loop"] == 0 for r in group[1:])
+        assert all(not r["cuda_graph"] and r["precision"] == "fp32" for r in group)
+    assert [r["paper_ratio"] for r in rows if r["batch"] == 1][-1] == pytest.approx(9.96 / 21.50)
+    md = (tmp_path / "k.md").read_text()
+    assert md.count("| fp32 |") == len(rows) + 2 and "k = n/4 against the floors" in md
+    if not torch.cuda.is_available():
+        refused = subprocess.run([*script, "--device", "cuda", "--out", str(tmp_path / "c")], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "--device cpu" in refused.stderr

@@ -12,8 +12,9 @@ import yaml
 from test_layer import make, reference
 from test_train import _Diverging
 
-from softmoe import evaluate, latency, train
+from softmoe import evaluate, latency, timing, train
 from softmoe.errors import UserError
+from softmoe.layer import SoftMoE
 from softmoe.selection import random_experts, select_experts
 
 pytestmark = [pytest.mark.gpu,
@@ -118,5 +119,53 @@ def test_latency_times_the_keep_path_on_cuda():
     cfg = dict(fractions=[1.0, 0.25], batch_sizes=[1, 8], warmup=2, repeats=5)
     rows = latency.time_config("wide", latency.wide_layers(wide), (16, 64), cfg, CUDA)
     assert {r["device"] for r in rows} == {"cuda"}
-    assert {(r["batch"], r["k"]) for r in rows} == {(1, 8), (1, 2), (8, 8), (8, 2)}
+    assert {(r["config"], r["batch"], r["k"]) for r in rows} == {
+        (c, b, k) for c in ("wide", "wide@bf16") for b in (1, 8) for k in (8, 2)}
     assert all(r["median_ms"] > 0 for r in rows)
+
+
+def _loop(layer, x, k, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(SoftMoE, "keep_backend", lambda self, x, k: "loop")
+        return layer(x, k=k)
+
+
+def test_keep_backend_on_cuda():
+    """fp32: gathered weights while b*k <= n, else the loop; bf16: the grouped GEMM on 9.x/10.x."""
+    layer = SoftMoE(64, 8, 128, bias=True, activation="gelu").to(CUDA)
+    x = torch.randn(100, 16, 64, device=CUDA)
+    assert layer.keep_backend(x[:1], 2) == "gathered" and layer.keep_backend(x[:4], 2) == "gathered"
+    assert layer.keep_backend(x, 2) == "loop"
+    grouped = torch.cuda.get_device_capability()[0] in (9, 10)
+    assert layer.keep_backend(x.bfloat16(), 2) == ("grouped_mm" if grouped else "loop")
+
+
+@pytest.mark.parametrize("dtype,batch", [(torch.float32, 1), (torch.bfloat16, 1), (torch.bfloat16, 50)])
+def test_static_keep_paths_on_cuda_equal_the_loop(monkeypatch, dtype, batch):
+    torch.manual_seed(0)
+    layer = SoftMoE(64, 8, 128, slots_per_expert=2, bias=True, activation="gelu").to(CUDA, dtype)
+    x = torch.randn(batch, 16, 64, device=CUDA, dtype=dtype)
+    with torch.inference_mode():
+        assert layer.keep_backend(x, 2) != "loop" or dtype == torch.bfloat16 and batch > 4
+        got, want = layer(x, k=2), _loop(layer, x, 2, monkeypatch)
+    assert relative_error(got, want) < (1e-6 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keep_path_as_a_cuda_graph_equals_eager(dtype):
+    """Batch 1 (and bf16 at any batch on 9.x/10.x): no host sync, so the layer is captured once
+    and replays on new inputs copied into the captured one."""
+    torch.manual_seed(0)
+    layer = SoftMoE(64, 8, 128, bias=True, activation="gelu").to(CUDA, dtype)
+    x = torch.randn(1, 16, 64, device=CUDA, dtype=dtype)
+    out = {}
+    with torch.inference_mode():
+        fns, graphed = timing.as_graphs({"keep": lambda: out.__setitem__("y", layer(x, k=2)),
+                                         "dense": lambda: out.__setitem__("d", layer(x))}, "cuda", [layer])
+        assert graphed == {"keep": True, "dense": True}
+        for _ in range(3):
+            x.copy_(torch.randn_like(x))
+            fns["keep"]()
+            fns["dense"]()
+            torch.testing.assert_close(out["y"], layer(x, k=2))
+            torch.testing.assert_close(out["d"], layer(x))

@@ -1,13 +1,12 @@
 """Benchmarks (issue 6): our Soft MoE layer against other formulations of the same math,
 selective inference through Algorithm 1, training throughput and workflow overhead.
 
-Discipline: warm-up calls first, then `repeats` timed calls (fewer, down to one, for a callable
-so slow that they would overrun the group's time budget); we report the median and the
-inter-quartile range, of the wall clock and, on the CPU, of the process CPU time too (robust to
-other jobs on a shared machine). Whatever is compared (formulations at one n, the k values of
-one model) is timed interleaved, round robin with a rotating order, in this one process, so every
-ratio comes from one run under the same machine load. CUDA is synchronized around each timed call.
-FLOPs are counted with torch.utils.flop_counter (matmul-family ops, forward and backward).
+Timing, FLOP counts, CUDA graphs and the table 3 layer come from softmoe.timing (shared with
+`softmoe latency`): warm-up, then `repeats` timed calls (fewer, down to one, for a callable so
+slow that they would overrun the group's time budget), interleaved round robin in one process so
+every ratio comes from one run under the same machine load; median and inter-quartile range of
+the wall clock and, on the CPU, of the process CPU time. FLOPs: matmul-family ops, forward and
+backward.
 
 `run` writes reports/benchmarks.json and a Markdown table; benchmarks/README.md explains both.
 SOFTMOE_BENCH_DEVICES (comma list, default "cpu" plus "cuda" when available) picks the devices
@@ -17,11 +16,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -32,9 +28,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from softmoe import atomic, layout
+from softmoe import atomic, layout, timing
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 from softmoe.models import MnistSoftMoE
@@ -56,7 +51,7 @@ class LayerShape:
 
 @dataclass(frozen=True)
 class WideShape:
-    """A stack of Soft MoE layers with few, wide GELU experts (STUDY.md E4, table 3)."""
+    """A stack of Soft MoE layers with few, wide GELU experts (docs/study.md §5 E4, table 3)."""
     name: str
     experts: int
     dim: int
@@ -121,67 +116,7 @@ def plan_for(quick: bool, device: str) -> Plan:
     return replace(plan, **GPU) if device == "cuda" and not quick else plan
 
 
-# ---- timing and FLOPs ---------------------------------------------------------------------
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def summarize_times(seconds: list[float], cpu_seconds: list[float] | None = None) -> dict:
-    """Median, quartiles (inclusive method) and minimum in ms; the same of the process CPU time
-    (`cpu_` keys) when given: robust to other jobs on the machine, = wall time for 1 idle thread."""
-    ms = sorted(s * 1e3 for s in seconds)
-    q25, median, q75 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else ms * 3
-    stats = {"median_ms": median, "q25_ms": q25, "q75_ms": q75, "min_ms": ms[0], "repeats": len(ms)}
-    if cpu_seconds is not None:
-        cpu = summarize_times(cpu_seconds)
-        stats.update({f"cpu_{key}": cpu[key] for key in ("median_ms", "q25_ms", "q75_ms")})
-    return stats
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int,
-                     budget_s: float = math.inf, min_repeats: int = 1) -> dict[str, dict]:
-    """Time several callables round robin (order rotated every round) -> {name: stats}.
-
-    Each callable's first warm-up call is timed; one whose `repeats` calls would take more than
-    its share of budget_s (budget_s / number of callables) gets fewer timed calls (down to
-    min_repeats) and no further warm-up. On the CPU the process CPU time is recorded too."""
-    names = list(fns)
-    first = {}
-    for name in names:
-        start = time.perf_counter()
-        fns[name]()
-        _sync(device)
-        first[name] = time.perf_counter() - start
-    share = budget_s / len(names)
-    todo = {name: repeats if share == math.inf else max(min_repeats, min(repeats, int(share / max(t, 1e-9))))
-            for name, t in first.items()}
-    for _ in range(warmup - 1):
-        for name in names:
-            if todo[name] == repeats:
-                fns[name]()
-    wall, cpu = {name: [] for name in names}, {name: [] for name in names}
-    for r in range(max(todo.values())):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            if r >= todo[name]:
-                continue
-            _sync(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fns[name]()
-            _sync(device)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return {name: summarize_times(wall[name], cpu[name] if device == "cpu" else None) for name in names}
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of the matmul-family ops one call of fn runs (forward and, inside fn, backward)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
+# ---- ratios and rates -----------------------------------------------------------------------
 def ratios(stats: dict, base: dict, key: str) -> dict:
     """{key: median / base median} for the wall clock, and `cpu_<key>` for the CPU clock if measured."""
     out = {key: stats["median_ms"] / base["median_ms"]}
@@ -205,7 +140,7 @@ def rates(flops: int, stats: dict, peak: dict | None = None) -> dict:
 def matmul_peak(device: str, size: int, warmup: int, repeats: int) -> dict:
     """This machine's fp32 matmul rate: a size x size x size product."""
     a, b = (torch.randn(size, size, device=device) for _ in range(2))
-    stats = time_interleaved({"matmul": lambda: a @ b}, device, warmup, max(5, repeats // 3))["matmul"]
+    stats = timing.time_interleaved({"matmul": lambda: a @ b}, device, warmup, max(5, repeats // 3))["matmul"]
     flops = 2 * size ** 3
     return {"size": size, "flops": flops, **stats, **rates(flops, stats),
             "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32) if device == "cuda" else False}
@@ -324,8 +259,8 @@ def layer_bench(plan: Plan, device: str, peak: dict, skipped: list) -> list[dict
                 else:
                     steps["compiled"] = step
             _log(f"{device}: layer {config} n={n}: {', '.join(steps)}")
-            flops = count_flops(steps["ours"])
-            times = time_interleaved(steps, device, plan.warmup, plan.repeats, plan.group_budget_s)
+            flops = timing.count_flops(steps["ours"])
+            times = timing.time_interleaved(steps, device, plan.warmup, plan.repeats, plan.group_budget_s)
             for name, stats in times.items():
                 rows.append({**where, **asdict(shape), "hidden": hidden, "formulation": name, **stats,
                              "flops": flops, **rates(flops, stats, peak),
@@ -335,35 +270,21 @@ def layer_bench(plan: Plan, device: str, peak: dict, skipped: list) -> list[dict
 
 
 # ---- 2. selective inference -----------------------------------------------------------------
-class WideStack(nn.Module):
-    """`layers` Soft MoE layers with wide GELU experts, nothing between them (only the MoE
-    layers are timed, as in the paper's table 3); k applies Algorithm 1 in each."""
-
-    def __init__(self, shape: WideShape):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            SoftMoE(shape.dim, shape.experts, shape.hidden, normalize=True, bias=True,
-                    activation="gelu", phi_init="lecun") for _ in range(shape.layers))
-
-    def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, k=k)
-        return x
-
-
 def _ks(n: int, fractions: tuple[float, ...]) -> list[int]:
     """k = n * fraction where that is a whole number >= 1."""
     return [round(n * f) for f in fractions if n * f >= 1 and float(n * f).is_integer()]
 
 
-def _selective_rows(model: nn.Module, x: torch.Tensor, n: int, ks: list[int], device: str,
-                    plan: Plan, where: dict) -> list[dict]:
-    """Dense forward (k = n, all experts) beside Algorithm 1 + keep path at every k."""
-    fns = {"dense": lambda: model(x)}
-    fns.update({f"k={k}": (lambda k=k: model(x, k=k)) for k in ks})
-    with torch.inference_mode():
-        flops = {name: count_flops(fn) for name, fn in fns.items()}
-        times = time_interleaved(fns, device, plan.warmup, plan.repeats, plan.group_budget_s)
+def _selective_rows(forward: Callable, layers: list[SoftMoE], x: torch.Tensor, n: int, ks: list[int],
+                    device: str, plan: Plan, where: dict) -> list[dict]:
+    """Dense forward (k = n, all experts) beside Algorithm 1 + keep path at every k; on CUDA
+    captured as CUDA graphs where there is no host sync (`cuda_graph` says which)."""
+    fns = {"dense": lambda: forward(x)}
+    fns.update({f"k={k}": (lambda k=k: forward(x, k=k)) for k in ks})
+    with torch.inference_mode(), timing.tf32_off():
+        flops = {name: timing.count_flops(fn) for name, fn in fns.items()}
+        fns, graphed = timing.as_graphs(fns, device, layers)
+        times = timing.time_interleaved(fns, device, plan.warmup, plan.repeats, plan.group_budget_s)
     rows = []
     for name, stats in times.items():
         k = n if name == "dense" else int(name[2:])
@@ -371,32 +292,38 @@ def _selective_rows(model: nn.Module, x: torch.Tensor, n: int, ks: list[int], de
                      "path": "dense" if name == "dense" else "selective", **stats,
                      **ratios(stats, times["dense"], "ratio"), "ideal": k / n, "flops": flops[name],
                      "flop_ratio": flops[name] / flops["dense"]})
+        if device == "cuda":
+            rows[-1]["cuda_graph"] = graphed[name]
     return rows
 
 
 def selective_bench(plan: Plan, device: str) -> list[dict]:
-    """Item 2: the MNIST model grid (untrained, random images) and the wide configuration."""
+    """Item 2: the MNIST model grid (untrained, random images) and the wide configuration, in
+    every precision of timing.precisions (configuration "<name>@bf16" for bf16)."""
     rows = []
-    for n in plan.mnist_experts:
-        with torch.device(device):
-            model = MnistSoftMoE(n).eval()
-        for batch in plan.batches:
-            _log(f"{device}: selective mnist n={n} batch {batch}")
-            images = torch.rand(batch, 1, 28, 28, device=device)
-            rows += _selective_rows(model, images, n, _ks(n, plan.fractions), device, plan,
-                                    {"device": device, "config": "mnist"})
-        del model
-    for wide in plan.wides:
-        with torch.device(device):
-            model = WideStack(wide).eval()
-        where = {"device": device, "config": wide.name, "layers": wide.layers, "dim": wide.dim,
-                 "tokens": wide.tokens, "hidden": wide.hidden, "note": wide.note}
-        for batch in plan.batches:
-            _log(f"{device}: selective {wide.name} batch {batch}")
-            x = torch.randn(batch, wide.tokens, wide.dim, device=device)
-            rows += _selective_rows(model, x, wide.experts, _ks(wide.experts, plan.wide_fractions),
-                                    device, plan, where)
-        del model
+    for precision in timing.precisions(device):
+        dtype, tag = timing.DTYPES[precision], "" if precision == "fp32" else f"@{precision}"
+        for n in plan.mnist_experts:
+            with torch.device(device):
+                model = MnistSoftMoE(n).to(dtype).eval()
+            layers = [m for m in model.modules() if isinstance(m, SoftMoE)]
+            for batch in plan.batches:
+                _log(f"{device}: selective mnist{tag} n={n} batch {batch}")
+                images = torch.rand(batch, 1, 28, 28, device=device, dtype=dtype)
+                rows += _selective_rows(model, layers, images, n, _ks(n, plan.fractions), device, plan,
+                                        {"device": device, "config": f"mnist{tag}"})
+            del model, layers
+        for wide in plan.wides:
+            layers = [layer.to(device, dtype).eval()
+                      for layer in timing.wide_layers(wide.dim, wide.experts, wide.hidden, wide.layers)]
+            where = {"device": device, "config": f"{wide.name}{tag}", "layers": wide.layers, "dim": wide.dim,
+                     "tokens": wide.tokens, "hidden": wide.hidden, "note": wide.note}
+            for batch in plan.batches:
+                _log(f"{device}: selective {wide.name}{tag} batch {batch}")
+                x = torch.randn(batch, wide.tokens, wide.dim, device=device, dtype=dtype)
+                rows += _selective_rows(lambda x, k=None: timing.run_layers(layers, x, k), layers, x,
+                                        wide.experts, _ks(wide.experts, plan.wide_fractions), device, plan, where)
+            del layers
     return rows
 
 
@@ -416,7 +343,7 @@ def training_bench(plan: Plan, device: str) -> list[dict]:
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
 
-        stats = time_interleaved({"step": step}, device, plan.train_warmup, plan.train_steps)["step"]
+        stats = timing.time_interleaved({"step": step}, device, plan.train_warmup, plan.train_steps)["step"]
         rows.append({"device": device, "n": n, "batch": plan.train_batch, "optimizer": "adam lr 1e-3",
                      **stats, "samples_per_s": plan.train_batch / (stats["median_ms"] / 1e3)})
         if "cpu_median_ms" in stats:
@@ -497,19 +424,14 @@ def workflow_overhead(root: Path) -> list[dict]:
 
 # ---- machine, targets, report ---------------------------------------------------------------
 def machine(devices: list[str]) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform(), "devices": devices,
+    hw = timing.hardware()
+    info = {"cpu": hw["cpu"], "cores": hw["cores"], "torch": hw["torch"], "threads": hw["torch_threads"],
+            "python": hw["python"], "platform": hw["os"], "devices": devices,
             "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "device_name": {"cpu": cpu}}
+            "device_name": {"cpu": hw["cpu"]}}
     if "cuda" in devices:
-        info["device_name"]["cuda"] = torch.cuda.get_device_name()
+        info["device_name"]["cuda"] = hw["device"]
+        info.update(capability=hw["capability"], gpu_memory_gb=hw["gpu_memory_gb"])
     return info
 
 
@@ -655,7 +577,7 @@ def _code_digest() -> dict:
     """sha256 of the modules timed here, so that a report names the code it measured."""
     here = Path(__file__).parent
     return {name: hashlib.sha256((here / name).read_bytes()).hexdigest()[:16]
-            for name in ("layer.py", "models.py", "bench.py")}
+            for name in ("layer.py", "models.py", "timing.py", "bench.py")}
 
 
 def _log(message: str) -> None:

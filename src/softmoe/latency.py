@@ -1,4 +1,4 @@
-"""Inference time of the Soft MoE layers when only k experts run (docs/study.md, E4).
+"""Inference time of the Soft MoE layers when only k experts run (docs/study.md §5 E4).
 
 Only the Soft MoE layers are timed, in sequence (each layer's output is the next one's input),
 under torch.inference_mode on random inputs. k = n runs the dense layer (every expert, no

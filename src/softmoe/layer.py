@@ -1,4 +1,4 @@
-"""The Soft MoE layer (STUDY.md §2) and its selective path (Algorithm 2, STUDY.md §4).
+"""The Soft MoE layer (docs/study.md §2) and its selective path (Algorithm 2, docs/study.md §4).
 
 Shapes: b inputs, m tokens, d = dim, n experts, p slots per expert, s = n*p slots, h = hidden.
     logits  L = X Φ                                  (b, m, s)

@@ -1,5 +1,6 @@
 """How `softmoe latency` and `softmoe bench` time things: one interleaved timing loop, CUDA-graph
-capture, one FLOP count, one hardware description and the paper's table 3 layer (docs/study.md).
+capture, one FLOP count, one hardware description and the paper's table 3 layer (docs/study.md
+§5 E4).
 
 Discipline: warm-up calls, then `repeats` timed calls of every callable, round robin with the
 order rotated each round, so drift of the machine affects all alike; the median and quartiles
