@@ -244,6 +244,7 @@ def test_gpu_keep_script_runs_on_the_cpu(tmp_path):
     for batch in (1, 8):
         group = [r for r in rows if r["batch"] == batch]
         assert all(_close(r["ratio"], r["median_ms"] / group[0]["median_ms"]) for r in group)
+        assert all(_close(r["cpu_ratio"], r["cpu_median_ms"] / group[0]["cpu_median_ms"]) for r in group)
         flops = [r["flop_ratio"] for r in group[1:]]
         assert flops == sorted(flops, reverse=True) and flops[-1] < 0.5
         assert all(r["backend"] == "loop" and r["rel_error_vs_loop"] == 0 for r in group[1:])
