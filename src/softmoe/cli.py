@@ -59,7 +59,7 @@ def cmd_train(args):
 def cmd_synthetic(args):
     _threads(args)
     from softmoe import synthetic
-    synthetic.train_synthetic(_params(args), args.tokens, args.experts, Path(args.out))
+    synthetic.train_synthetic(_params(args), args.variance, args.tokens, args.experts, Path(args.out))
 
 
 def cmd_proof(args):
@@ -79,6 +79,18 @@ def cmd_tabulate(args):
     tables.concat(_params(args), args.table, Path(args.out))
 
 
+def cmd_calibrate(args):
+    _threads(args)
+    from softmoe import calibration
+    calibration.calibrate(_params(args), Path(args.data), args.experts, args.seed, Path(args.out))
+
+
+def cmd_claims(args):
+    from softmoe import claims
+    gpu = Path(args.gpu) if args.gpu and Path(args.gpu).is_file() else None
+    claims.write_claims(_params(args), Path(args.tables), gpu, Path(args.out), Path(args.discrepancies))
+
+
 def cmd_summarize(args):
     from softmoe import evaluate
     evaluate.summarize(_params(args), Path(args.tables), Path(args.out))
@@ -89,7 +101,8 @@ def cmd_latency(args):
     from softmoe import latency
     from softmoe import layout
     params = _params(args)
-    latency.measure(params, layout.train_dirs(params), Path(args.out), Path(args.hardware))
+    latency.measure(params, layout.train_dirs(params, first_seed_only=True), Path(args.out),
+                    Path(args.hardware))
 
 
 def cmd_figures(args):
@@ -100,13 +113,21 @@ def cmd_figures(args):
 def cmd_report(args):
     from softmoe import report
     report.build_report(_params(args), Path(args.params), Path(args.tables), Path(args.figures),
-                        Path(args.benchmarks), Path(args.html), Path(args.md))
+                        Path(args.claims), Path(args.benchmarks), [Path(p) for p in args.hash],
+                        Path(args.html), Path(args.md))
 
 
 def cmd_bench(args):
     _threads(args)
     from softmoe import bench
     bench.run(Path(args.out), Path(args.md), quick=args.quick)
+
+
+def cmd_share(args):
+    from softmoe import share
+    rc = share.run_dvc(args.step, args.targets, remote=args.remote)
+    if rc:
+        raise SystemExit(rc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,10 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", type=int, required=True, help="number of experts n")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="run folder, e.g. results/train/mnist5k/n16-s0")
-    p = step("synthetic", cmd_synthetic, "train one synthetic ||x||_2 regressor (STUDY.md E1)", threads=True)
+    p = step("synthetic", cmd_synthetic, "train one synthetic ||x||_2 regressor (docs/study.md §5 E1)", threads=True)
+    p.add_argument("--variance", type=float, required=True, help="x ~ N(0, variance * I), e.g. 5")
     p.add_argument("--tokens", required=True, help="tokenization of x in R^10, e.g. 5x2")
     p.add_argument("--experts", type=int, required=True)
-    p.add_argument("--out", required=True, help="run folder, e.g. results/synthetic/5x2/n1")
+    p.add_argument("--out", required=True, help="run folder, e.g. results/synthetic/v5/5x2/n1")
     p = step("proof", cmd_proof, "numerical check of Theorem 1's proof on a trained n=1 model", threads=True)
     p.add_argument("--run", required=True, help="synthetic run folder of an n=1 model")
     p.add_argument("--out", required=True, help="output CSV")
@@ -146,10 +168,22 @@ def _parser() -> argparse.ArgumentParser:
     p = step("tabulate", cmd_tabulate, "concatenate the grid's per-run files into one tidy CSV")
     p.add_argument("--table", required=True, choices=sorted(TABLE_SOURCES))
     p.add_argument("--out", required=True)
+    p = step("calibrate", cmd_calibrate, "train one model of the grid for the paper's epochs instead of "
+             "its steps, and evaluate it (docs/study.md §7)", threads=True)
+    p.add_argument("--data", required=True, help="prepared data folder")
+    p.add_argument("--experts", type=int, required=True, help="number of experts n")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="run folder, e.g. results/calibration/mnist5k/n16-s0")
+    p = step("claims", cmd_claims, "judge the paper's claims on the tables: metrics/claims.json and the "
+             "discrepancies table")
+    p.add_argument("--tables", required=True, help="folder of the study's tables")
+    p.add_argument("--gpu", help="GPU benchmark JSON (benchmarks/gpu.sh), read when it exists")
+    p.add_argument("--out", required=True, help="claims JSON, e.g. metrics/claims.json")
+    p.add_argument("--discrepancies", required=True, help="output CSV of every comparison with the paper")
     p = step("summarize", cmd_summarize, "write the study's headline metrics JSON (dvc metrics)")
     p.add_argument("--tables", required=True, help="folder with selection.csv and training.csv")
     p.add_argument("--out", required=True)
-    p = step("latency", cmd_latency, "time the Soft MoE layers of every trained model with only k experts running (E4)", threads=True)
+    p = step("latency", cmd_latency, "time the Soft MoE layers (each n of the first training seed, and the wide layer) with only k experts running (E4)", threads=True)
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--hardware", required=True, help="output JSON describing the machine")
     p = step("figures", cmd_figures, "draw every figure (PNG and SVG) from the tables")
@@ -158,13 +192,23 @@ def _parser() -> argparse.ArgumentParser:
     p = step("report", cmd_report, "write the audit-ready report (HTML and Markdown)")
     p.add_argument("--tables", required=True)
     p.add_argument("--figures", required=True)
+    p.add_argument("--claims", required=True, help="claims JSON written by `softmoe claims`")
     p.add_argument("--benchmarks", required=True, help="folder of Snakemake benchmark files")
+    p.add_argument("--hash", action="append", default=[], metavar="PATH",
+                   help="a file or folder whose files' md5 the report lists (repeatable)")
     p.add_argument("--html", required=True)
     p.add_argument("--md", required=True)
     p = step("bench", cmd_bench, "layer and selective-inference benchmarks", threads=True)
     p.add_argument("--out", default="reports/benchmarks.json")
     p.add_argument("--md", default="reports/benchmarks.md")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (tests)")
+    for verb, what in (("push", "upload the DVC-tracked results to a remote"),
+                       ("pull", "download the DVC-tracked results from a remote and check them out")):
+        p = sub.add_parser(verb, help=f"`dvc {verb}` plus one line on what to do when it fails",
+                           description=f"{what} (`dvc {verb}`; docs/sharing.md)")
+        p.add_argument("-r", "--remote", help="remote name (default: DVC's default remote)")
+        p.add_argument("targets", nargs="*", help="stages or paths (default: all)")
+        p.set_defaults(func=cmd_share)
     return top
 
 

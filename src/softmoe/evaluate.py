@@ -22,12 +22,13 @@ from typing import Iterable, Iterator
 import pandas as pd
 import torch
 
-from softmoe import atomic, modelfile
+from softmoe import atomic, modelfile, stats, tables
+from softmoe.provenance import machine
 from softmoe.errors import UserError
 from softmoe.params import k_values
 from softmoe.selection import oracle_subsets, random_experts, select_experts
+from softmoe.stats import z_score
 
-COLUMNS = ["dataset", "n", "seed", "k", "k_frac", "method", "renormalize", "accuracy", "std", "z", "count"]
 HEADLINE_DIVISORS = (2, 4, 8)   # summarize: k = n/2, n/4, n/8
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -35,6 +36,11 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # ---- one trained model ---------------------------------------------------------------------
 def evaluate_run(params: dict, data_dir: Path, run_dir: Path, out_csv: Path) -> None:
     """Write the tidy selection table of one trained run (docs/architecture.md) on the test split."""
+    tables.write(out_csv, selection_rows(params, data_dir, run_dir), "selection")
+
+
+def selection_rows(params: dict, data_dir: Path, run_dir: Path) -> pd.DataFrame:
+    """The selection rows of one trained run, with its dataset, n and seed."""
     from softmoe import train
 
     model = train.load_trained(run_dir, params, expect={"dataset": params["dataset"]})
@@ -44,7 +50,7 @@ def evaluate_run(params: dict, data_dir: Path, run_dir: Path, out_csv: Path) -> 
     frame.insert(0, "seed", int(meta["seed"]))
     frame.insert(0, "n", int(meta["n"]))
     frame.insert(0, "dataset", meta["dataset"])
-    atomic.write_csv(out_csv, frame[COLUMNS])
+    return frame
 
 
 def run_metadata(run_dir: Path) -> dict[str, str]:
@@ -207,6 +213,7 @@ def _rows(counts, n, ks, modes, seeds, oracle_k, total) -> pd.DataFrame:
             rows.append(_row(oracle_k, n, "oracle", r, correct / total, count=int(best.unique().numel())))
     frame = pd.DataFrame(rows)
     frame["count"] = frame["count"].astype("Int64")
+    frame["images"] = total
     return frame
 
 
@@ -215,53 +222,42 @@ def _row(k, n, method, renormalize, accuracy, std=math.nan, z=math.nan, count=No
             "accuracy": accuracy, "std": std, "z": z, "count": count}
 
 
-def z_score(accuracy, mean, std) -> float:
-    """(accuracy - mean) / std with IEEE semantics: +-inf if std == 0 and they differ, NaN if equal."""
-    diff, std = float(accuracy) - float(mean), float(std)
-    if std == 0.0:
-        return math.nan if diff == 0.0 else math.copysign(math.inf, diff)
-    return diff / std
-
-
 # ---- headline metrics ----------------------------------------------------------------------
 def summarize(params: dict, tables_dir: Path, out_json: Path) -> None:
     """metrics/<ds>.json for `dvc metrics show`: per n, all experts, Algorithm 1 / random / z at
     k = n/2, n/4, n/8 without renormalization, and the oracle (means over training seeds)."""
-    selection = _read_table(tables_dir / "selection.csv", COLUMNS)
-    training = _read_table(tables_dir / "training.csv", ["dataset", "n", "seed", "params_total"])
+    selection = tables.read(tables_dir, "selection")
+    training = tables.read(tables_dir, "training")
     selection = selection[selection["dataset"] == params["dataset"]]
     if selection.empty:
         raise UserError(f"{tables_dir / 'selection.csv'}: no rows for dataset {params['dataset']!r}; "
                         "run the evaluate and tabulate steps for it first")
     plain = selection[~selection["renormalize"].astype(bool)]
+    ci = stats.mean_over_seeds(plain).set_index(["n", "method", "k"])["ci"]
     per_n = {}
     for n, rows in plain.groupby("n"):
         entry = {"seeds": int(rows["seed"].nunique()),
-                 "all": _mean(rows, "all", n, "accuracy")}
+                 "all": _mean(rows, "all", n, "accuracy"), "all_ci95": _rounded(ci.get((n, "all", n)))}
         params_total = training.loc[training["n"] == n, "params_total"]
         if len(params_total):
             entry["params_total"] = int(params_total.iloc[0])
         for d in HEADLINE_DIVISORS:
-            if n % d == 0 and (alg1 := _mean(rows, "alg1", n // d, "accuracy")) is not None:
-                entry[f"k_n{d}"] = {"alg1": alg1, "random": _mean(rows, "random", n // d, "accuracy"),
-                                    "random_std": _mean(rows, "random", n // d, "std"),
-                                    "z": _mean(rows, "alg1", n // d, "z")}
+            k = stats.k_at(n, 1 / d)
+            if k is not None and (alg1 := _mean(rows, "alg1", k, "accuracy")) is not None:
+                entry[f"k_n{d}"] = {"alg1": alg1, "alg1_ci95": _rounded(ci.get((n, "alg1", k))),
+                                    "random": _mean(rows, "random", k, "accuracy"),
+                                    "random_std": _mean(rows, "random", k, "std"),
+                                    "z": _mean(rows, "alg1", k, "z")}
         oracle = rows[rows["method"] == "oracle"]
         if len(oracle):
             entry["oracle"] = {"k": int(oracle["k"].iloc[0]), "accuracy": round(oracle["accuracy"].mean(), 5),
                                "distinct_subsets": float(oracle["count"].mean())}
         per_n[f"n{n}"] = entry
-    atomic.write_json(out_json, {"dataset": params["dataset"], "experts": per_n})
+    atomic.write_json(out_json, {"dataset": params["dataset"], "machine": machine(), "experts": per_n})
 
 
-def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: table not found; run `softmoe tabulate` for it first")
-    frame = pd.read_csv(path)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: missing columns {missing}; rebuild it with `softmoe tabulate`")
-    return frame
+def _rounded(value) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 5)
 
 
 def _mean(rows: pd.DataFrame, method: str, k: int, column: str) -> float | None:

@@ -1,12 +1,11 @@
-"""Every figure of the study, drawn from the tidy tables of results/tables/<dataset>/ only.
+"""Every figure of the study, drawn from the tidy tables of results/tables/<dataset>/ only
+(read through softmoe.tables). Drawing only: the analyses are softmoe.stats's and claims'.
 
 Each figure is written as <stem>.png and <stem>.svg under the output folder, always under the
 same names: a figure whose table is missing or empty is drawn as a panel that says "not run"
-and why, so the workflow's outputs stay fixed. Reading and checking the tables lives here too,
-because the report reads the same tables."""
+and why, so the workflow's outputs stay fixed."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,40 +16,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from softmoe import atomic, paper
-from softmoe.errors import UserError
-
-# table -> (columns, the numeric ones among them, the ones that may not be empty)
-SCHEMAS = {
-    "selection": (["dataset", "n", "seed", "k", "k_frac", "method", "renormalize", "accuracy",
-                   "std", "z", "count"],
-                  ["n", "seed", "k", "k_frac", "accuracy", "std", "z", "count"],
-                  ["dataset", "n", "seed", "k", "method", "renormalize", "accuracy"]),
-    "training": (["dataset", "n", "seed", "test_accuracy", "test_loss", "train_loss",
-                  "params_total", "params_experts", "expert_hidden", "epochs", "steps",
-                  "wall_time_s", "device", "threads"],
-                 ["n", "seed", "test_accuracy", "test_loss", "train_loss", "params_total",
-                  "params_experts", "expert_hidden", "epochs", "steps", "wall_time_s", "threads"],
-                 ["dataset", "n", "seed", "test_accuracy"]),
-    "curves": (["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                "n", "seed"],
-               ["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                "n", "seed"],
-               ["step", "n", "seed"]),
-    "synthetic_loss": (["step", "loss", "tokens", "n"], ["step", "loss", "n"],
-                       ["step", "loss", "tokens", "n"]),
-    "synthetic_proof": (["case", "a", "slot_gap", "norm_gap", "abs_error_A", "abs_error_B",
-                         "tokens"],
-                        ["a", "slot_gap", "norm_gap", "abs_error_A", "abs_error_B"],
-                        ["case", "a", "slot_gap", "norm_gap", "tokens"]),
-    "latency": (["config", "n", "k", "k_frac", "batch", "device", "median_ms", "q25_ms",
-                 "q75_ms", "repeats", "ratio", "ideal", "flops", "flop_ratio"],
-                ["n", "k", "k_frac", "batch", "median_ms", "q25_ms", "q75_ms", "repeats",
-                 "ratio", "ideal", "flops", "flop_ratio"],
-                ["config", "n", "k", "batch", "median_ms"]),
-}
-REQUIRED = ("selection", "training")
-METHODS = {"all", "alg1", "random", "oracle"}
+from softmoe import atomic, paper, tables
+from softmoe.claims import oracle_rows
+from softmoe.stats import at_fraction, constant_predictor_loss, frac_label, mean_over_seeds
 
 # stem -> (title, caption); the report and workflow/report/<stem>.rst use the same words.
 FIGURES = {
@@ -97,111 +65,20 @@ PANEL = (5.4, 3.9)
 VARIANTS = {False: "Algorithm 1 (paper)", True: "Algorithm 1, renormalized"}
 
 
-def read_table(tables_dir: Path, name: str) -> pd.DataFrame | None:
-    """One tidy table, checked against SCHEMAS; None if an optional table is absent."""
-    path = Path(tables_dir) / f"{name}.csv"
-    if not path.is_file():
-        if name in REQUIRED:
-            raise UserError(f"{path}: required table not found; run `softmoe tabulate` first")
-        return None
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not a readable CSV table ({err}); rerun the step that writes it") from None
-    _check(path, name, frame)
-    if name in REQUIRED and frame.empty:
-        raise UserError(f"{path}: the table has no rows; rerun `softmoe tabulate`")
-    return frame
-
-
-def _check(path: Path, name: str, frame: pd.DataFrame) -> None:
-    columns, numeric, nonempty = SCHEMAS[name]
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")
-    for col in numeric:
-        values = pd.to_numeric(frame[col], errors="coerce")
-        bad = values.isna() & frame[col].notna()
-        if bad.any():
-            raise UserError(f"{path}: column '{col}' must be numeric; row {int(bad.idxmax()) + 2} "
-                            f"holds {frame[col][bad].iloc[0]!r}")
-        frame[col] = values
-    for col in nonempty:
-        if frame[col].isna().any():
-            raise UserError(f"{path}: column '{col}' is empty in row {int(frame[col].isna().idxmax()) + 2}")
-    if name == "selection":
-        _check_selection(path, frame)
-
-
-def _check_selection(path: Path, frame: pd.DataFrame) -> None:
-    unknown = sorted(set(frame["method"]) - METHODS)
-    if unknown:
-        raise UserError(f"{path}: column 'method' holds {unknown}; allowed: {sorted(METHODS)}")
-    truth = {True: True, False: False, "True": True, "False": False, "true": True, "false": False,
-             1: True, 0: False}
-    renorm = frame["renormalize"].map(lambda v: truth.get(v))
-    if renorm.isna().any():
-        raise UserError(f"{path}: column 'renormalize' must be True or False")
-    frame["renormalize"] = renorm.astype(bool)
-
-
-def read_hardware(tables_dir: Path) -> dict | None:
-    """hardware.json (written by the latency step) or None."""
-    path = Path(tables_dir) / "hardware.json"
-    if not path.is_file():
-        return None
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err}); rerun `softmoe latency`") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: expected a JSON object describing the machine")
-    return obj
-
-
-def k_at(n: int, fraction: float) -> int | None:
-    """k = n * fraction as evaluated (params.k_values); None where it is not 1 <= k < n."""
-    if n * fraction < 1:
-        return None
-    k = max(1, math.floor(n * fraction))
-    return k if k < n else None
-
-
-def frac_label(fraction: float) -> str:
-    """0.25 -> 'n/4' (the paper's notation); other fractions as n·f."""
-    names = {1.0: "n", 0.75: "3n/4", 0.5: "n/2", 0.25: "n/4", 0.125: "n/8"}
-    return names.get(round(fraction, 6), f"n·{fraction:g}")
-
-
-def mean_over_seeds(selection: pd.DataFrame) -> pd.DataFrame:
-    """Selection rows averaged over training seeds (accuracy, std, count), with `seeds`."""
-    keys = ["n", "k", "method", "renormalize"]
-    out = selection.groupby(keys, as_index=False).agg(
-        accuracy=("accuracy", "mean"), std=("std", "mean"), count=("count", "mean"),
-        seeds=("seed", "nunique"))
-    out["k_frac"] = out["k"] / out["n"]
-    return out
-
-
-def at_fraction(frame: pd.DataFrame, fraction: float) -> pd.DataFrame:
-    """Rows whose k is the evaluated k = n * fraction."""
-    ks = frame["n"].map(lambda n: k_at(int(n), fraction))
-    return frame[frame["k"] == ks]
-
-
 def make_figures(params: dict, tables_dir: Path, out_dir: Path) -> None:
     """Draw every figure of FIGURES from the tables into out_dir (PNG and SVG)."""
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    tables = {name: read_table(tables_dir, name) for name in SCHEMAS}
+    frames = {name: tables.read(tables_dir, name) for name in tables.SCHEMAS}
+    reference = paper.REFERENCE.get(params["dataset"])
     drawers = {
-        "fig1_selection_vs_fraction": lambda: _fig1(tables["selection"]),
-        "fig2_selection_vs_n": lambda: _fig2(tables["selection"], params["evaluate"]["fractions"]),
-        "fig3_synthetic_loss": lambda: _fig3_loss(tables["synthetic_loss"], params),
-        "fig3_proof_check": lambda: _fig3_proof(tables["synthetic_proof"], params),
-        "fig4_oracle": lambda: _fig4(tables["selection"], params),
-        "fig5_latency": lambda: _fig5(tables["latency"]),
-        "fig6_training_curves": lambda: _fig6_curves(tables["curves"]),
-        "fig6_all_experts_vs_n": lambda: _fig6_all(tables["training"], params["dataset"]),
+        "fig1_selection_vs_fraction": lambda: _fig1(frames["selection"], reference),
+        "fig2_selection_vs_n": lambda: _fig2(frames["selection"], params["evaluate"]["fractions"], reference),
+        "fig3_synthetic_loss": lambda: _fig3_loss(frames["synthetic_loss"], params),
+        "fig3_proof_check": lambda: _fig3_proof(frames["synthetic_proof"], params),
+        "fig4_oracle": lambda: _fig4(frames["selection"], params),
+        "fig5_latency": lambda: _fig5(frames["latency"]),
+        "fig6_training_curves": lambda: _fig6_curves(frames["curves"]),
+        "fig6_all_experts_vs_n": lambda: _fig6_all(frames["training"], params["dataset"]),
     }
     with matplotlib.rc_context(_style()):
         for stem, draw in drawers.items():
@@ -259,49 +136,73 @@ def _variants(selection: pd.DataFrame) -> list[bool]:
     return sorted(set(selection.loc[selection["method"] == "alg1", "renormalize"]))
 
 
-def _fig1(selection: pd.DataFrame) -> Figure | str:
+def _paper_mnist(reference: str | None) -> pd.DataFrame | None:
+    return paper.e3_mnist() if reference == "mnist" else None
+
+
+def _fig1(selection: pd.DataFrame, reference: str | None) -> Figure | str:
     means = mean_over_seeds(selection)
     variants = _variants(means)
     if not variants:
         return "selection.csv has no Algorithm 1 rows"
-    full = means[means["method"] == "all"].groupby("n", as_index=False)["accuracy"].mean()
+    full = means[means["method"] == "all"].groupby("n", as_index=False)[["accuracy", "ci"]].mean()
     palette = _n_palette(means["n"])
+    ref = _paper_mnist(reference)
     fig, axes = _panels(len(variants), sharey=True)
     for ax, renorm in zip(axes, variants):
         alg = means[(means["method"] == "alg1") & (means["renormalize"] == renorm)]
-        for n, rows in alg.groupby("n"):
+        for n, rows in sorted(alg.groupby("n"), key=lambda item: item[0]):
             rows = pd.concat([rows, full[full["n"] == n].assign(k_frac=1.0)]).sort_values("k_frac")
             ax.plot(rows["k_frac"], rows["accuracy"], color=palette[int(n)], label=f"n={int(n)}",
                     marker="." if len(rows) < 20 else None)
+            ax.fill_between(rows["k_frac"], rows["accuracy"] - rows["ci"], rows["accuracy"] + rows["ci"],
+                            color=palette[int(n)], alpha=0.15, lw=0)
+            if ref is not None and not renorm:
+                pts = ref[(ref["n"] == n) & (ref["method"] != "random")]
+                ax.scatter(pts["k_frac"], pts["accuracy"], marker="x", color=palette[int(n)], s=30, zorder=5)
         ax.set(title=VARIANTS[renorm], xlabel="proportion of experts kept, k/n", ylabel="test accuracy",
                xlim=(0, 1.02))
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(9, len(palette)),
+    if ref is not None:
+        axes[0].scatter([], [], marker="x", color="0.3", label="paper (MNIST, ±0.003)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(10, len(palette) + 1),
                fontsize="small")
     return fig
 
 
-def _fig2(selection: pd.DataFrame, fractions: list[float]) -> Figure | str:
+def _fig2(selection: pd.DataFrame, fractions: list[float], reference: str | None) -> Figure | str:
     means = mean_over_seeds(selection)
     variants = _variants(means)
     if not variants:
         return "selection.csv has no Algorithm 1 rows"
-    full = means[means["method"] == "all"].groupby("n", as_index=False)["accuracy"].mean()
+    full = means[means["method"] == "all"].groupby("n", as_index=False)[["accuracy", "ci"]].mean()
     colours = dict(zip(sorted(fractions, reverse=True), sns.color_palette("deep", len(fractions))))
+    ref = _paper_mnist(reference)
     fig, axes = _panels(len(variants), sharey=True)
     for ax, renorm in zip(axes, variants):
         rows = means[means["renormalize"] == renorm]
-        ax.plot(full["n"], full["accuracy"], color="0.45", lw=2.5, marker="o", ms=5, label="all experts")
+        ax.errorbar(full["n"], full["accuracy"], yerr=full["ci"], color="0.45", lw=2.5, marker="o", ms=5,
+                    capsize=2, label="all experts (±95 %)")
         for frac, colour in colours.items():
             alg = at_fraction(rows[rows["method"] == "alg1"], frac).sort_values("n")
             rnd = at_fraction(rows[rows["method"] == "random"], frac).sort_values("n")
-            ax.plot(alg["n"], alg["accuracy"], color=colour, marker="o", ms=5,
-                    label=f"Algorithm 1, k={frac_label(frac)}")
+            ax.errorbar(alg["n"], alg["accuracy"], yerr=alg["ci"], color=colour, marker="o", ms=5, capsize=2,
+                        label=f"Algorithm 1, k={frac_label(frac)} (±95 %)")
             ax.plot(rnd["n"], rnd["accuracy"], color=colour, ls="--", marker="s", ms=4,
                     label=f"random, k={frac_label(frac)} (±1 std)")
             std = rnd["std"].fillna(0)
             ax.fill_between(rnd["n"], rnd["accuracy"] - std, rnd["accuracy"] + std, color=colour, alpha=0.18, lw=0)
+            if ref is not None and not renorm:
+                for method, marker in (("alg1", "x"), ("random", "+")):
+                    pts = ref[(ref["method"] == method) & ((ref["k_frac"] - frac).abs() < 1e-9)]
+                    ax.scatter(pts["n"], pts["accuracy"], marker=marker, color=colour, s=40, zorder=5)
+        if ref is not None and not renorm:
+            pts = ref[ref["method"] == "all"]
+            ax.scatter(pts["n"], pts["accuracy"], marker="x", color="0.45", s=40, zorder=5)
         _log2_axis(ax, means["n"])
         ax.set(title=VARIANTS[renorm], xlabel="number of experts n (fixed budget)", ylabel="test accuracy")
+    if ref is not None:
+        axes[0].scatter([], [], marker="x", color="0.3", label="paper Alg1 / all (MNIST)")
+        axes[0].scatter([], [], marker="+", color="0.3", label="paper random (MNIST)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize="small")
     return fig
 
@@ -314,21 +215,27 @@ def _tokenizations(frame: pd.DataFrame, params: dict) -> list[str]:
 
 
 def _fig3_loss(loss: pd.DataFrame | None, params: dict) -> Figure | str:
+    """One panel per (variance, tokenization): loss per n, the paper's plateaus (dotted) and the
+    loss of the best constant prediction Var‖x‖₂ (dash-dot, what a single expert can reach)."""
     if loss is None or loss.empty:
         return "synthetic_loss.csv missing or empty (synthetic step not run)"
     toks = _tokenizations(loss, params)
+    panels = [(v, t) for v in sorted(set(loss["variance"])) for t in toks]
     ref = paper.e1_plateaus()
     palette = _n_palette(set(loss["n"]) | set(ref["n"]))
-    fig, axes = _panels(len(toks), sharey=True)
-    for ax, tok in zip(axes, toks):
-        for n, rows in loss[loss["tokens"] == tok].groupby("n"):
-            ax.plot(rows["step"], rows["loss"], color=palette[int(n)], label=f"n={int(n)}")
+    fig, axes = _panels(len(panels), cols=len(toks), sharey=True)
+    for ax, (variance, tok) in zip(axes, panels):
+        rows = loss[(loss["tokens"] == tok) & (loss["variance"] == variance)]
+        for n, g in sorted(rows.groupby("n"), key=lambda item: item[0]):
+            ax.plot(g["step"], g["loss"], color=palette[int(n)], label=f"n={int(n)}")
         for r in ref[ref["tokens"] == tok].itertuples():
             ax.axhline(r.loss, color=palette[int(r.n)], ls=":", lw=1.2)
+        ax.axhline(constant_predictor_loss(variance), color="black", ls="-.", lw=1)
         ax.set_yscale("log")
-        ax.set(title=f"{tok} (tokens x dim)", xlabel="step", ylabel="MSE loss")
-    axes[0].plot([], [], color="0.3", ls=":", label="paper plateau")
-    axes[0].legend(fontsize="small")
+        ax.set(title=f"variance {variance:g}, {tok} (tokens x dim)", xlabel="step", ylabel="MSE loss")
+    axes[0].plot([], [], color="0.3", ls=":", label="paper plateau (±0.3)")
+    axes[0].plot([], [], color="black", ls="-.", label="constant predictor Var‖x‖₂")
+    axes[0].legend(fontsize="x-small")
     return fig
 
 
@@ -339,9 +246,11 @@ def _fig3_proof(proof: pd.DataFrame | None, params: dict) -> Figure | str:
     colours = dict(zip(sorted(set(proof["case"])), sns.color_palette("deep")))
     positive = proof.loc[proof["slot_gap"] > 0, "slot_gap"]
     floor = positive.min() / 100 if len(positive) else 1e-16  # where exact zeros are drawn
-    fig, axes = _panels(len(toks), sharey=True)
-    for ax, tok in zip(axes, toks):
-        for case, rows in proof[proof["tokens"] == tok].sort_values("a").groupby("case"):
+    panels = [(v, t) for v in sorted(set(proof["variance"])) for t in toks]
+    fig, axes = _panels(len(panels), cols=len(toks), sharey=True)
+    for ax, (variance, tok) in zip(axes, panels):
+        one = proof[(proof["tokens"] == tok) & (proof["variance"] == variance)]
+        for case, rows in one.sort_values("a").groupby("case"):
             ax.plot(rows["a"], rows["slot_gap"].where(rows["slot_gap"] > 0, floor), color=colours[case],
                     marker="o", label=f"{case}: slot-input gap")
             ax.plot(rows["a"], rows["norm_gap"], color=colours[case], ls="--", marker="^",
@@ -350,21 +259,9 @@ def _fig3_proof(proof: pd.DataFrame | None, params: dict) -> Figure | str:
             ax.axhline(floor, color="0.5", ls=":", lw=1, label="slot gap exactly 0 (drawn here)")
         ax.set_xscale("log")
         ax.set_yscale("log", nonpositive="mask")
-        ax.set(title=f"{tok}, n = 1", xlabel="scale a of the input pair", ylabel="gap")
+        ax.set(title=f"variance {variance:g}, {tok}, n = 1", xlabel="scale a of the input pair", ylabel="gap")
     axes[0].legend(fontsize="x-small")
     return fig
-
-
-def oracle_rows(selection: pd.DataFrame) -> pd.DataFrame:
-    """Per n: oracle accuracy, distinct subsets, random accuracy and std at the oracle's k."""
-    means = mean_over_seeds(selection[~selection["renormalize"]])
-    oracle = means[means["method"] == "oracle"][["n", "k", "accuracy", "count", "seeds"]]
-    rnd = means[means["method"] == "random"][["n", "k", "accuracy", "std"]]
-    out = oracle.merge(rnd, on=["n", "k"], how="left", suffixes=("", "_random"))
-    out = out.rename(columns={"accuracy": "oracle", "count": "distinct", "accuracy_random": "random",
-                              "std": "random_std"})
-    out["possible"] = [math.comb(int(n), int(k)) for n, k in zip(out["n"], out["k"])]
-    return out.sort_values("n").reset_index(drop=True)
 
 
 def _fig4(selection: pd.DataFrame, params: dict) -> Figure | str:

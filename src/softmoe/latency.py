@@ -15,11 +15,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from softmoe import atomic, timing
+from softmoe import atomic, tables, timing
 from softmoe.layer import SoftMoE
-
-COLUMNS = ["config", "n", "k", "k_frac", "batch", "device", "median_ms", "q25_ms", "q75_ms",
-           "repeats", "ratio", "ideal", "flops", "flop_ratio"]
 
 
 def measure(params: dict, run_dirs: list[Path], out_csv: Path, hardware_json: Path) -> None:
@@ -38,7 +35,7 @@ def measure(params: dict, run_dirs: list[Path], out_csv: Path, hardware_json: Pa
         rows += time_config(f"{meta['dataset']}/{Path(run_dir).name}", layers, shape, cfg, device)
     wide = cfg["wide"]
     rows += time_config("wide", wide_layers(wide), (wide["tokens"], wide["dim"]), cfg, device)
-    atomic.write_csv(out_csv, pd.DataFrame(rows, columns=COLUMNS))
+    tables.write(out_csv, pd.DataFrame(rows, columns=tables.columns("latency")), "latency")
     atomic.write_json(hardware_json, timing.hardware())
 
 

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 import jsonschema
 import yaml
 
+from softmoe import stats
 from softmoe.errors import UserError
 
 SCHEMA_PATH = Path(str(resources.files("softmoe") / "params.schema.yaml"))
@@ -161,12 +162,8 @@ def astroformer_problems(options: dict, nmax: int | None = None) -> list[str]:
 
 
 def k_values(n: int, evaluate: dict) -> list[int]:
-    """The k of Algorithm 1 evaluated for a model with n experts (sorted, 1 <= k < n)."""
-    ks = {max(1, math.floor(n * f)) for f in evaluate["fractions"] if n * f >= 1}
-    ks |= set(evaluate["absolute_k"])
-    if evaluate["every_k"]:
-        ks |= set(range(1, n))
-    return sorted(k for k in ks if 1 <= k < n)
+    """The k of Algorithm 1 evaluated for a model with n experts under params.evaluate."""
+    return stats.k_values(n, evaluate["fractions"], evaluate["absolute_k"], evaluate["every_k"])
 
 
 def synthetic_shape(tokenization: str) -> tuple[int, int]:

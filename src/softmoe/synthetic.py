@@ -1,4 +1,4 @@
-"""STUDY.md E1: Soft MoE regressors of ||x||_2 (Theorem 1) and the numerical proof check.
+"""docs/study.md §5 E1: Soft MoE regressors of ||x||_2 (Theorem 1) and the numerical proof check.
 
 Each run trains a NormRegressor (no normalization, no residual, fixed sum of the outputs) with
 Adam on a fresh batch x ~ N(0, variance * I) every step, MSE, through Lightning (an
@@ -20,7 +20,8 @@ from softmoe.data import synthetic_batch
 from softmoe.errors import UserError
 from softmoe.models import NormRegressor, count_parameters
 from softmoe.params import synthetic_shape
-from softmoe.train import console_setup
+from softmoe.stats import final_loss
+from softmoe.console import console_setup
 
 import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.data, which prepares torchvision)
 
@@ -63,14 +64,15 @@ def data_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
 
 
-def train_synthetic(params: dict, tokenization: str, n: int, out: Path) -> None:
-    """Train one regressor (tokenization like "5x2", n experts) and write its run folder."""
+def train_synthetic(params: dict, variance: float, tokenization: str, n: int, out: Path) -> None:
+    """Train one regressor (x ~ N(0, variance·I), tokenization like "5x2", n experts) and write
+    its run folder."""
     syn, out = params["synthetic"], Path(out)
     tokens, dim = synthetic_shape(tokenization)
     pl.seed_everything(syn["seed"], verbose=False)
     model = NormRegressor(tokens, dim, n)
     module = NormRegression(model, syn["lr"])
-    loader = DataLoader(FreshBatches(syn["batch_size"], syn["variance"], data_seed(syn["seed"])),
+    loader = DataLoader(FreshBatches(syn["batch_size"], variance, data_seed(syn["seed"])),
                         batch_size=None)
     interactive = console_setup()
     trainer = pl.Trainer(accelerator=params["train"].get("accelerator", "auto"), devices=1,
@@ -79,12 +81,12 @@ def train_synthetic(params: dict, tokenization: str, n: int, out: Path) -> None:
                          enable_progress_bar=interactive, default_root_dir=str(out))
     trainer.fit(module, loader)
     losses = torch.stack(module.losses).cpu().tolist()
-    tail = losses[-max(1, len(losses) // 10):]
     atomic.write_csv(out / "loss.csv", pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}))
-    metadata = {"kind": "synthetic", "tokens": tokens, "dim": dim, "n": n, "seed": syn["seed"]}
+    metadata = {"kind": "synthetic", "tokens": tokens, "dim": dim, "n": n, "seed": syn["seed"],
+                "variance": variance}
     modelfile.save(out / "model.safetensors", model, metadata)
     atomic.write_json(out / "metrics.json", {
-        "tokens": tokens, "dim": dim, "n": n, "final_loss": sum(tail) / len(tail),
+        "tokens": tokens, "dim": dim, "n": n, "variance": variance, "final_loss": final_loss(losses),
         "steps": len(losses), "params_experts": count_parameters(model)["experts"]})
 
 

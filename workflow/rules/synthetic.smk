@@ -1,5 +1,5 @@
 rule synthetic:
-    message: "Synthetic ||x||_2 regressor, tokens {wildcards.tokens}, n={wildcards.n}"
+    message: "Synthetic ||x||_2 regressor, variance {wildcards.variance}, tokens {wildcards.tokens}, n={wildcards.n}"
     input:
         code=stages.code("synthetic"),
     output:
@@ -9,17 +9,18 @@ rule synthetic:
     params:
         out=layout.SYNTHETIC,
         settings=stages.param_values("synthetic", P),
-    log: "logs/synthetic/{tokens}/n{n}.log"
-    benchmark: layout.BENCHMARKS + "/synthetic/{tokens}/n{n}.tsv"
+    log: "logs/synthetic/v{variance}/{tokens}/n{n}.log"
+    benchmark: layout.BENCHMARKS + "/synthetic/v{variance}/{tokens}/n{n}.tsv"
     threads: P["threads"]
     resources: mem_mb=2000, runtime=60
     shell:
-        "softmoe synthetic --params {PARAMS} --tokens {wildcards.tokens} --experts {wildcards.n}"
+        "softmoe synthetic --params {PARAMS} --variance {wildcards.variance} --tokens {wildcards.tokens}"
+        " --experts {wildcards.n}"
         " --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 rule proof:
-    message: "Theorem 1 proof check on the n=1 model, tokens {wildcards.tokens}"
+    message: "Theorem 1 proof check on the n=1 model, variance {wildcards.variance}, tokens {wildcards.tokens}"
     input:
         model=layout.SYNTHETIC.replace("{n}", "1") + "/model.safetensors",
         code=stages.code("proof"),
@@ -28,8 +29,8 @@ rule proof:
     params:
         run=layout.SYNTHETIC.replace("{n}", "1"),
         settings=stages.param_values("proof", P),
-    log: "logs/proof/{tokens}.log"
-    benchmark: layout.BENCHMARKS + "/proof/{tokens}.tsv"
+    log: "logs/proof/v{variance}/{tokens}.log"
+    benchmark: layout.BENCHMARKS + "/proof/v{variance}/{tokens}.tsv"
     threads: 1
     resources: mem_mb=1000, runtime=10
     shell: "softmoe proof --params {PARAMS} --run {params.run} --out {output} --threads {threads} > {log} 2>&1"
