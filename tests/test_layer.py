@@ -1,4 +1,4 @@
-"""The Soft MoE layer against a per-input, per-expert loop written from STUDY.md §2."""
+"""The Soft MoE layer against a per-input, per-expert loop written from docs/study.md §2."""
 import math
 
 import pytest

@@ -124,7 +124,7 @@ def test_norm_regressor_rejects_bad_split():
 
 @pytest.mark.parametrize("n", [8, 16, 64, 128])
 def test_vit_b16_counts_on_meta_device(n):
-    """ViT-B/16, 224 px, 1000 classes: about 513M parameters, about 454M in experts (STUDY.md §3)."""
+    """ViT-B/16, 224 px, 1000 classes: about 513M parameters, about 454M in experts (docs/study.md §3)."""
     with torch.device("meta"):
         model = SoftMoEViT(224, 16, 1000, n)
     counts = count_parameters(model)

@@ -26,8 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from softmoe import atomic
 from softmoe.errors import UserError
-from softmoe.models import VIT_DEFAULTS
-from softmoe.params import ASTROFORMER_DEFAULTS
+from softmoe.params import ASTROFORMER_DEFAULTS, VIT_DEFAULTS
 from softmoe.vision import import_torchvision
 
 import_torchvision()  # before Lightning, which imports torchvision through torchmetrics
@@ -425,7 +424,7 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader(self.test_set)
 
 
-# ---- synthetic ||x||_2 (STUDY.md E1) ---------------------------------------------------------
+# ---- synthetic ||x||_2 (docs/study.md §5 E1) ---------------------------------------------------------
 def synthetic_batch(generator: torch.Generator, batch: int, variance: float
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (batch, 10) ~ N(0, variance * I) and its label y = ||x||_2 (batch,)."""

@@ -1,4 +1,4 @@
-"""Accuracy under expert selection (STUDY.md E2, E3): Algorithm 1 against random k-subsets, all
+"""Accuracy under expert selection (docs/study.md §5 E2, E3): Algorithm 1 against random k-subsets, all
 experts and the label-aware oracle, for one trained model; and the study's headline metrics.
 
 Two exact paths compute the same numbers:

@@ -1,4 +1,4 @@
-"""The study's models at a fixed expert parameter budget (STUDY.md §3) and their parameter counts."""
+"""The study's models at a fixed expert parameter budget (docs/study.md §3) and their parameter counts."""
 from __future__ import annotations
 
 import torch
@@ -6,11 +6,9 @@ from torch import nn
 
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
+from softmoe.params import MNIST_BUDGET, VIT_DEFAULTS
 
-MNIST_BUDGET = 784          # MNIST expert hidden width floor(784 / n)
 MNIST_PATCH = 14            # four 14x14 quadrants of a 28x28 image
-VIT_DEFAULTS = {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12,
-                "num_heads": 12, "moe_blocks": 6, "expert_mult": 64}   # ViT-B/16, STUDY.md §3
 
 
 def expert_hidden(budget: int, n: int) -> int:

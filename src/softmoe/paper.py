@@ -1,4 +1,4 @@
-"""The paper's reference numbers (STUDY.md §3 and §5), transcribed as data.
+"""The paper's reference numbers (docs/study.md §3 and §5), transcribed as data.
 
 Every number carries its source: TABLE (a table of the paper) or PLOT (read off one of the
 paper's plots, ±0.3 points: ±0.003 for accuracies given as fractions, ±0.3 for losses).
@@ -8,13 +8,13 @@ from __future__ import annotations
 import pandas as pd
 
 TABLE = "table"
-PLOT = "read off plot (±0.3)"
+PLOT = "read off plot"     # ±0.3 points: ±0.003 for accuracies (fractions), ±0.3 for losses
 
 # Which reference dataset each of our datasets is compared against (mnist5k is a subset of MNIST).
 REFERENCE = {"mnist5k": "mnist", "mnist": "mnist", "cifar10": "cifar10",
              "cifar100": "cifar100", "imagenet": "imagenet"}
 
-# The paper's training setting per reference dataset (STUDY.md E3).
+# The paper's training setting per reference dataset (docs/study.md §5 E3).
 SETTING = {
     "mnist": {"train_size": 60_000, "test_size": 10_000, "epochs": 15, "batch_size": 256,
               "steps": 15 * 235, "optimizer": "Adam, lr 1e-3, constant",
@@ -58,7 +58,7 @@ _E3 = {
     ("random", 0.125): [None, None, .346, .404, .473, .511, .561, .606, .613],
 }
 
-# CIFAR / ImageNet headline numbers (STUDY.md E3): dataset, n (None: any n), method, k, k_frac.
+# CIFAR / ImageNet headline numbers (docs/study.md §5 E3): dataset, n (None: any n), method, k, k_frac.
 _HEADLINES = [
     ("cifar10", 64, "alg1", 1, None, 0.960, "Algorithm 1, k=1, stays about 96% up to n=64"),
     ("cifar10", 128, "alg1", 1, None, 0.925, "Algorithm 1, k=1, at n=128"),

@@ -18,7 +18,9 @@ MODEL_OF_DATASET = {
     "mnist5k": ("mnist",), "mnist": ("mnist",), "fashion_mnist": ("mnist",),
     "cifar10": ("vit", "astroformer"), "cifar100": ("vit", "astroformer"), "imagenet": ("vit",),
 }
-MNIST_BUDGET = 784  # hidden(n) = floor(784 / n) in the MNIST model (STUDY.md §3)
+MNIST_BUDGET = 784  # hidden(n) = floor(784 / n) in the MNIST model (docs/study.md §3)
+VIT_DEFAULTS = {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12,
+                "num_heads": 12, "moe_blocks": 6, "expert_mult": 64}   # ViT-B/16, docs/study.md §3
 # Astroformer-1 at the study's 96 px CIFAR input (docs/astroformer.md); softmoe.astroformer builds it.
 ASTROFORMER_DEFAULTS = {"embed_dims": [96, 192, 384, 768], "depths": [2, 6, 14, 2],
                         "stem_width": 64, "head_hidden": 768, "img_size": 96, "expert_mult": 64}

@@ -1,4 +1,4 @@
-"""Expert subsets (STUDY.md §4): Algorithm 1, the random baseline and the exhaustive oracle."""
+"""Expert subsets (docs/study.md §4): Algorithm 1, the random baseline and the exhaustive oracle."""
 from __future__ import annotations
 
 import itertools

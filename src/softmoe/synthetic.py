@@ -107,7 +107,7 @@ def proof_check(params: dict, run_dir: Path, out_csv: Path) -> None:
     Dᵀ A and Dᵀ B converge while | ||A|| - ||B|| | grows linearly in a, so one expert cannot
     predict both norms.
 
-    The proof (STUDY.md E1) picks a coordinate of the slot parameter Φ (d x 1) and splits on its
+    The proof (docs/study.md §5 E1) picks a coordinate of the slot parameter Φ (d x 1) and splits on its
     value. phi_pos: we take j = argmax_j |Φ_j| and s = sign(Φ_j) (the proof's "Φ₁ > 0" after
     renaming coordinates and flipping the sign; the largest |Φ_j| makes the dispatch saturate
     fastest): A = a·s(e_1j − e_2j), B = a·s·e_1j, where e_ij is token i, coordinate j. Token 1
