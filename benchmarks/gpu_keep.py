@@ -19,6 +19,7 @@ import torch
 from softmoe import atomic, paper, timing
 from softmoe.layer import SoftMoE
 from softmoe.selection import select_experts
+from softmoe.stats import latency_ks
 
 FULL = dict(dim=768, tokens=197, experts=8, hidden=768 * 40, batches=(1, 100), warmup=5, repeats=30)
 QUICK = dict(dim=32, tokens=9, experts=4, hidden=64, batches=(1, 8), warmup=1, repeats=3)
@@ -69,7 +70,7 @@ def _error_vs_loop(layer: SoftMoE, x: torch.Tensor, k: int) -> float:
 def measure(device: str, quick: bool, repeats: int | None = None) -> dict:
     cfg = {**(QUICK if quick else FULL), **({"repeats": repeats} if repeats else {})}
     n = cfg["experts"]
-    ks = sorted({max(1, round(n * f)) for f in (1.0, 0.75, 0.5, 0.25, 0.125)}, reverse=True)
+    ks = latency_ks(n, (1.0, 0.75, 0.5, 0.25, 0.125))
     rows, start = [], time.perf_counter()
     for precision in timing.precisions(device):
         [layer] = timing.wide_layers(cfg["dim"], n, cfg["hidden"], 1)

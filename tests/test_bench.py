@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from softmoe import bench, cli, timing
+from softmoe import bench, cli, stats, timing
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 
@@ -88,7 +88,7 @@ def test_selective_ratios_come_from_the_times(quick):
         assert len(dense) == 1 and dense[0]["k"] == key[1]
         selective = sorted((r for r in group if r["path"] == "selective"), key=lambda r: r["k"])
         n = key[1]
-        assert [r["k"] for r in selective] == sorted(bench._ks(n, bench.QUICK.fractions))
+        assert [r["k"] for r in selective] == sorted(stats.latency_ks(n, bench.QUICK.fractions))
         for r in group:
             for clock in ("", "cpu_"):
                 assert _close(r[f"{clock}ratio"], r[f"{clock}median_ms"] / dense[0][f"{clock}median_ms"])

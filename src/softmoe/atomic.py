@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import hashlib
 import os
 import re
 import tempfile
@@ -62,3 +63,12 @@ def write_csv(path: str | Path, frame) -> None:
     """Write a pandas DataFrame as CSV atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (sha256 for manifests, md5 as DVC computes it)."""
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()

@@ -33,6 +33,7 @@ from softmoe import atomic, layout, timing
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 from softmoe.models import MnistSoftMoE
+from softmoe.stats import latency_ks
 
 SCHEMA = 1
 MNIST_GRID = (2, 4, 8, 16, 32, 64, 128, 256, 512)       # the default study's expert grid
@@ -270,11 +271,6 @@ def layer_bench(plan: Plan, device: str, peak: dict, skipped: list) -> list[dict
 
 
 # ---- 2. selective inference -----------------------------------------------------------------
-def _ks(n: int, fractions: tuple[float, ...]) -> list[int]:
-    """k = n * fraction where that is a whole number >= 1."""
-    return [round(n * f) for f in fractions if n * f >= 1 and float(n * f).is_integer()]
-
-
 def _selective_rows(forward: Callable, layers: list[SoftMoE], x: torch.Tensor, n: int, ks: list[int],
                     device: str, plan: Plan, where: dict) -> list[dict]:
     """Dense forward (k = n, all experts) beside Algorithm 1 + keep path at every k; on CUDA
@@ -310,7 +306,7 @@ def selective_bench(plan: Plan, device: str) -> list[dict]:
             for batch in plan.batches:
                 _log(f"{device}: selective mnist{tag} n={n} batch {batch}")
                 images = torch.rand(batch, 1, 28, 28, device=device, dtype=dtype)
-                rows += _selective_rows(model, layers, images, n, _ks(n, plan.fractions), device, plan,
+                rows += _selective_rows(model, layers, images, n, latency_ks(n, plan.fractions), device, plan,
                                         {"device": device, "config": f"mnist{tag}"})
             del model, layers
         for wide in plan.wides:
@@ -322,7 +318,7 @@ def selective_bench(plan: Plan, device: str) -> list[dict]:
                 _log(f"{device}: selective {wide.name}{tag} batch {batch}")
                 x = torch.randn(batch, wide.tokens, wide.dim, device=device, dtype=dtype)
                 rows += _selective_rows(lambda x, k=None: timing.run_layers(layers, x, k), layers, x,
-                                        wide.experts, _ks(wide.experts, plan.wide_fractions), device, plan, where)
+                                        wide.experts, latency_ks(wide.experts, plan.wide_fractions), device, plan, where)
             del layers
     return rows
 

@@ -12,7 +12,6 @@ imagenet is a local ImageFolder tree (root/train, root/val; val is our test spli
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -156,7 +155,7 @@ def _write_splits(loaded: dict, out: Path) -> dict:
         name = f"{split}.safetensors"
         with atomic.atomic_path(out / name) as tmp:
             save_file({"images": images.contiguous(), "labels": labels.contiguous()}, str(tmp))
-            files[name] = _sha256(tmp)
+            files[name] = atomic.digest(tmp)
         splits[split] = _split_summary(labels.tolist(), loaded["num_classes"])
     return {"splits": splits, "files": files, "num_classes": loaded["num_classes"],
             "image_shape": list(loaded["train"][0].shape[1:])}
@@ -180,14 +179,6 @@ def _imagefolder_manifest(root: Path) -> dict:
 def _split_summary(labels: list[int], num_classes: int) -> dict:
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     return {"size": len(labels), "class_counts": counts.tolist()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- reading prepared data -----------------------------------------------------------------
@@ -234,7 +225,7 @@ def load_split(data_dir: Path, split: str, params: dict | None = None
     path = data_dir / name
     if not path.is_file():
         raise UserError(f"{path}: missing; {_rerun(data_dir)}")
-    if _sha256(path) != manifest["files"].get(name):
+    if atomic.digest(path) != manifest["files"].get(name):
         raise UserError(f"{path}: sha256 differs from {data_dir / MANIFEST} (corrupted or "
                         f"changed after prepare); {_rerun(data_dir)}")
     try:

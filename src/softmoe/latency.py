@@ -17,6 +17,7 @@ import torch
 
 from softmoe import atomic, tables, timing
 from softmoe.layer import SoftMoE
+from softmoe.stats import latency_ks
 
 
 def measure(params: dict, run_dirs: list[Path], out_csv: Path, hardware_json: Path) -> None:
@@ -67,7 +68,7 @@ def time_config(config: str, layers: list[SoftMoE], shape: tuple[int, int], cfg:
     """Rows of latency.csv for one configuration: every k of cfg.fractions (and k = n) at every
     batch size of cfg.batch_sizes, in every precision of timing.precisions."""
     n = layers[0].num_experts
-    ks = sorted({n} | {max(1, round(n * f)) for f in cfg["fractions"]}, reverse=True)
+    ks = latency_ks(n, cfg["fractions"])
     rows = []
     for precision in timing.precisions(device.type):
         dtype = timing.DTYPES[precision]

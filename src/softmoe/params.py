@@ -1,7 +1,6 @@
 """Schema and validation of params.yaml: one clear error naming the key, before any work starts."""
 from __future__ import annotations
 
-import math
 from importlib import resources
 from pathlib import Path, PurePosixPath
 

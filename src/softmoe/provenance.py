@@ -5,7 +5,6 @@ The workflow exports SOFTMOE_RUN_COMMAND and SOFTMOE_RUN_START when it starts (S
 step run by hand or by DVC says so instead."""
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from softmoe import atomic
 from softmoe.errors import UserError
 
 PACKAGES = ["torch", "torchvision", "timm", "lightning", "dvclive", "dvc", "snakemake", "pandas",
@@ -91,11 +91,7 @@ def committed_json(root: Path, relpath: str) -> dict | None:
 # ---- files --------------------------------------------------------------------------------------
 def md5(path: Path) -> str:
     """The md5 of a file's bytes, as DVC computes it for a file output."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return atomic.digest(path, "md5")
 
 
 def file_hashes(paths) -> pd.DataFrame:

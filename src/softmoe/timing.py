@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from softmoe.layer import SoftMoE
+from softmoe.provenance import machine
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -196,23 +194,10 @@ def run_layers(layers: list[SoftMoE], x: torch.Tensor, k: int | None = None) -> 
 def hardware() -> dict:
     """What the timings ran on."""
     cuda = torch.cuda.is_available()
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(),
-            "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    info = {**machine(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "cuda": torch.version.cuda if cuda else None,
-            "python": platform.python_version(), "os": platform.platform()}
+            "cuda": torch.version.cuda if cuda else None}
     if cuda:
         props = torch.cuda.get_device_properties(0)
         info.update(capability=f"{props.major}.{props.minor}", gpu_memory_gb=round(props.total_memory / 2**30, 1))
     return info
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
