@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from softmoe import evaluate
+from softmoe import evaluate, stats, tables
 from softmoe.errors import UserError
 from softmoe.models import MnistSoftMoE
 from softmoe.params import k_values
@@ -124,15 +124,7 @@ def test_alg1_beats_random_on_trained_toy(toy):
         assert oracle["k"].item() == 2 and oracle["accuracy"].item() > alg1.loc[2, "accuracy"]
 
 
-# ---- z statistic --------------------------------------------------------------------------------
-def test_z_score_hand_case():
-    assert evaluate.z_score(0.90, 0.82, 0.02) == pytest.approx(4.0)
-    assert evaluate.z_score(0.80, 0.82, 0.01) == pytest.approx(-2.0)
-    assert evaluate.z_score(0.9, 0.8, 0.0) == math.inf
-    assert evaluate.z_score(0.7, 0.8, 0.0) == -math.inf
-    assert math.isnan(evaluate.z_score(0.8, 0.8, 0.0))
-
-
+# ---- z statistic (stats.z_score itself: tests/test_stats.py) ---------------------------------------
 def test_rows_mean_std_and_z_from_counts():
     """Random hits 80, 82, 84 of 100 -> mean .82, sample std .02; Algorithm 1 hits 90 -> z = 4."""
     counts = {"all": 95, ("alg1", False): torch.tensor([90]),
@@ -143,6 +135,7 @@ def test_rows_mean_std_and_z_from_counts():
     assert random["accuracy"] == pytest.approx(0.82) and random["std"] == pytest.approx(0.02)
     assert random["count"] == 3 and alg1["z"] == pytest.approx(4.0)
     assert alg1["k_frac"] == 0.5 and rows.loc[rows["method"] == "all", "k"].item() == 4
+    assert (rows["images"] == 100).all()
 
 
 # ---- oracle against brute force -----------------------------------------------------------------
@@ -197,7 +190,8 @@ def test_evaluate_run_writes_the_tidy_rows(study):
     out = root / "eval" / "n8-s0.csv"
     evaluate.evaluate_run(params, root / "data", root / "run", out)
     table = pd.read_csv(out)
-    assert list(table.columns) == evaluate.COLUMNS
+    assert list(table.columns) == tables.columns("selection")
+    assert (table["images"] == 1000).all()                             # mnist5k's test split
     ks = k_values(TOY_N, params["evaluate"])
     per_mode = 1 + 2 * len(ks) + 1                                     # all, alg1 and random per k, oracle
     assert len(table) == 2 * per_mode == 32
@@ -233,14 +227,18 @@ def test_summarize_headline_metrics(study):
     tables.mkdir(exist_ok=True)
     selection = pd.read_csv(out)
     selection.to_csv(tables / "selection.csv", index=False)
-    pd.DataFrame([{"dataset": "mnist5k", "n": TOY_N, "seed": 0, "params_total": 123}]).to_csv(
-        tables / "training.csv", index=False)
+    _training_row(n=TOY_N, params_total=123).to_csv(tables / "training.csv", index=False)
     evaluate.summarize(params, tables, root / "metrics.json")
     metrics = json.loads((root / "metrics.json").read_text())
     entry = metrics["experts"]["n8"]
     plain = selection[~selection["renormalize"]].set_index(["method", "k"])
     assert metrics["dataset"] == "mnist5k" and entry["params_total"] == 123 and entry["seeds"] == 1
+    assert set(metrics["machine"]) >= {"cpu", "cores", "python"}       # the reproduction check compares it
     assert entry["all"] == pytest.approx(plain.loc[("all", 8), "accuracy"])
+    # one seed: the 95 % interval is the test-set sampling of the 1,000 images only
+    assert entry["all_ci95"] == pytest.approx(stats.half_width(entry["all"], float("nan"), 1, 1000), abs=1e-5)
+    assert entry["k_n4"]["alg1_ci95"] == pytest.approx(
+        stats.half_width(plain.loc[("alg1", 2), "accuracy"], float("nan"), 1, 1000), abs=1e-5)
     for d, k in ((2, 4), (4, 2), (8, 1)):
         assert entry[f"k_n{d}"]["alg1"] == pytest.approx(plain.loc[("alg1", k), "accuracy"], abs=1e-5)
         assert entry[f"k_n{d}"]["random"] == pytest.approx(plain.loc[("random", k), "accuracy"], abs=1e-5)
@@ -249,13 +247,20 @@ def test_summarize_headline_metrics(study):
     assert entry["oracle"]["accuracy"] == pytest.approx(plain.loc[("oracle", 2), "accuracy"])
 
 
+def _training_row(**values) -> pd.DataFrame:
+    """One row of training.csv with every column of its schema."""
+    row = dict.fromkeys(tables.columns("training"), 1) | {"dataset": "mnist5k", "seed": 0, "device": "cpu",
+                                                          "test_accuracy": 0.9}
+    return pd.DataFrame([row | values])
+
+
 def test_summarize_names_the_missing_table(tmp_path):
     with pytest.raises(UserError, match="selection.csv"):
         evaluate.summarize(base_params(), tmp_path, tmp_path / "m.json")
-    row = dict.fromkeys(evaluate.COLUMNS, 0) | {"dataset": "cifar10"}
+    row = dict.fromkeys(tables.columns("selection"), 0) | {"dataset": "cifar10", "method": "all",
+                                                         "renormalize": False, "n": 2, "k": 2}
     pd.DataFrame([row]).to_csv(tmp_path / "selection.csv", index=False)
-    pd.DataFrame([{"dataset": "cifar10", "n": 2, "seed": 0, "params_total": 1}]).to_csv(
-        tmp_path / "training.csv", index=False)
+    _training_row(dataset="cifar10", n=2, params_total=1).to_csv(tmp_path / "training.csv", index=False)
     with pytest.raises(UserError, match="no rows for dataset 'mnist5k'"):
         evaluate.summarize(base_params(), tmp_path, tmp_path / "m.json")
 

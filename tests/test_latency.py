@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from softmoe import latency, timing
+from softmoe import latency, tables, timing
 from softmoe.layer import SoftMoE
 from softmoe.models import MnistSoftMoE
 
@@ -38,7 +38,7 @@ def test_measure_writes_rows_and_hardware(tmp_path):
     out, hardware = tmp_path / "latency.csv", tmp_path / "hardware.json"
     latency.measure(small_params(), [run], out, hardware)
     table = pd.read_csv(out)
-    assert list(table.columns) == latency.COLUMNS
+    assert list(table.columns) == tables.columns("latency")
     # n=4: k = 4, 2, 1 (0.25 and 0.125 both give k=1, counted once), at 2 batch sizes, 2 configs
     assert sorted(set(table["k"])) == [1, 2, 4] and sorted(set(table["batch"])) == [1, 8]
     assert (table["device"] == ("cuda" if torch.cuda.is_available() else "cpu")).all()

@@ -60,6 +60,12 @@ CASES = [
     ("datasets.mnist.root", ".git/objects", ["datasets.mnist.root", "data/"]),
     ("synthetic.tokenizations", ["3x3"], ["synthetic.tokenizations", "10"]),
     ("synthetic.experts", [1, 50], ["synthetic.experts", "hidden width"]),
+    ("synthetic.variances", [], ["synthetic.variances", "non-empty"]),
+    ("synthetic.variances", [5, -25], ["synthetic.variances.1"]),
+    ("synthetic.variance", 5, ["unknown key 'synthetic.variance'", "variances"]),
+    ("calibration", _DELETE, ["calibration"]),
+    ("calibration.epochs", 0, ["calibration.epochs"]),
+    ("calibration.experts", [16, 16], ["calibration.experts"]),
     ("train.batch_size", 0, ["train.batch_size"]),
     ("threads", "two", ["threads"]),
 ]
@@ -101,7 +107,12 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
 
 
+def test_default_study_has_three_seeds_and_both_variances():
+    assert len(BASE["seeds"]) >= 3 and BASE["synthetic"]["variances"] == [5, 25]
+
+
 def test_k_values():
+    """params.k_values delegates to stats.k_values (equal to the old rule: tests/test_stats.py)."""
     ev = dict(BASE["evaluate"], every_k=False, absolute_k=[1, 5])
     assert P.k_values(8, ev) == [1, 2, 4, 5]
     assert P.k_values(2, ev) == [1]

@@ -21,6 +21,7 @@ from softmoe.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = {"batch_size": 1000, "steps": 250, "lr": 0.01}
+VARIANCE = 5.0          # x ~ N(0, 5·I), as `softmoe synthetic --variance 5` passes it
 
 
 def _params(**synthetic_overrides) -> dict:
@@ -39,7 +40,7 @@ def runs(tmp_path_factory) -> dict:
     for tokens in ("5x2", "2x5"):
         for n in (1, 10):
             folders[tokens, n] = root / tokens / f"n{n}"
-            synthetic.train_synthetic(p, tokens, n, folders[tokens, n])
+            synthetic.train_synthetic(p, VARIANCE, tokens, n, folders[tokens, n])
     return folders
 
 
@@ -60,24 +61,29 @@ def test_outputs_follow_the_file_contract(runs, tokens, dim):
     loss = pd.read_csv(folder / "loss.csv")
     assert list(loss.columns) == ["step", "loss"] and loss["step"].tolist() == list(range(1, 251))
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics == {"tokens": 10 // dim, "dim": dim, "n": 10, "steps": 250,
+    assert metrics == {"tokens": 10 // dim, "dim": dim, "n": 10, "steps": 250, "variance": VARIANCE,
                        "final_loss": pytest.approx(loss["loss"].tail(25).mean(), rel=1e-12),
                        "params_experts": 20 * dim * dim}
     assert loss["loss"].iloc[:10].mean() > 3 * metrics["final_loss"]       # it trained
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         assert f.metadata() == {"kind": "synthetic", "tokens": str(10 // dim), "dim": str(dim),
-                                "n": "10", "seed": "0"}
+                                "n": "10", "seed": "0", "variance": "5.0"}
 
 
 def test_same_seed_same_run(tmp_path):
     p = _params(batch_size=500, steps=20, lr=0.01)
     for run in ("a", "b"):
-        synthetic.train_synthetic(p, "5x2", 2, tmp_path / run)
+        synthetic.train_synthetic(p, VARIANCE, "5x2", 2, tmp_path / run)
     assert (tmp_path / "a/loss.csv").read_text() == (tmp_path / "b/loss.csv").read_text()
     wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the other reading of N(0, 5I): same seed, larger inputs, a larger loss; the variance is recorded
+    synthetic.train_synthetic(p, 25.0, "5x2", 2, tmp_path / "v25")
+    first = [pd.read_csv(tmp_path / f"{r}/loss.csv")["loss"].iloc[:5].mean() for r in ("a", "v25")]
+    assert first[1] > 2 * first[0]
+    assert json.loads((tmp_path / "v25/metrics.json").read_text())["variance"] == 25.0
     p["synthetic"]["seed"] = 1
-    synthetic.train_synthetic(p, "5x2", 2, tmp_path / "c")
+    synthetic.train_synthetic(p, VARIANCE, "5x2", 2, tmp_path / "c")
     assert (tmp_path / "a/loss.csv").read_text() != (tmp_path / "c/loss.csv").read_text()
 
 

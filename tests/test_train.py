@@ -19,7 +19,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from softmoe import data, train
+from softmoe import data, tables, train
 from softmoe.errors import UserError
 from softmoe.models import MnistSoftMoE
 
@@ -73,10 +73,10 @@ def test_outputs_follow_the_file_contract(params, mnist5k, tmp_path, capsys):
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert metrics["steps"] == 40 and metrics["epochs"] == 5 and metrics["threads"] == 1
     counts = (metrics["params_total"], metrics["params_experts"], metrics["expert_hidden"])
-    assert counts == (318_305, 307_328, 49)                   # STUDY.md §3 at n=16
+    assert counts == (318_305, 307_328, 49)                   # docs/study.md §3 at n=16
     assert metrics["test_accuracy"] > 0.4                     # far above chance after 40 steps
     curves = pd.read_csv(tmp_path / "curves.csv")
-    assert list(curves.columns) == train.CURVE_COLUMNS
+    assert list(curves.columns) == tables.CURVE_COLUMNS
     assert curves["epoch"].tolist() == [1, 2, 3, 4, 5] and curves["step"].tolist() == [8, 16, 24, 32, 40]
     last = curves.iloc[-1]                                    # the last row is the last weights
     assert last["test_accuracy"] == metrics["test_accuracy"]

@@ -102,7 +102,8 @@ def render_markdown(title: str, sections: list[Section], figures_dir: Path, md: 
             if b.kind in ("text", "warn"):
                 out += [f"> **{b.text}**" if b.kind == "warn" else b.text, ""]
             elif b.kind == "verdict":
-                out += [f"> **{v}** — {sentence}  " for v, sentence in b.items] + [""]
+                out += ([f"**{b.text}**", ""] if b.text else []) + \
+                    [f"> **{v}** — {sentence}  " for v, sentence in b.items] + [""]
             elif b.kind == "figure":
                 png = Path(figures_dir) / f"{b.text}.png"
                 out += [f"![{b.text}]({_rel(png, md)})" if png.is_file() else f"*(figure {png} not found)*", "",
