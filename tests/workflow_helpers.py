@@ -20,10 +20,12 @@ def tiny_params() -> dict:
     """params.yaml shrunk to seconds: two expert counts, a few steps, small evaluation."""
     p = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
     p["experts"] = [2, 4]
+    p["seeds"] = [0]
+    p["calibration"].update(experts=[4], epochs=1)
     p["datasets"]["mnist5k"].update(train_size=600, test_size=200)
     p["train"].update(max_steps=20, batch_size=64)
     p["evaluate"].update(random_seeds=[0, 1, 2], batch_size=200)
-    p["synthetic"].update(experts=[1, 2], tokenizations=["5x2"], steps=15, batch_size=256)
+    p["synthetic"].update(experts=[1, 2], tokenizations=["5x2"], variances=[5], steps=15, batch_size=256)
     p["latency"].update(warmup=1, repeats=3, batch_sizes=[1, 4],
                         wide=dict(experts=4, hidden_per_expert=64, dim=32, tokens=8, layers=1, width=1.0))
     return p

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import numpy as np
 import pandas as pd
 
 STATUS = {"PASS": "pass", "FAIL": "fail", "NOT RUN": "notrun"}
+CODE = re.compile(r"`([^`]+)`")
 
 
 @dataclass
@@ -73,9 +76,16 @@ def _image(figures_dir: Path, stem: str) -> str | None:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
+def code_spans(text) -> markupsafe.Markup:
+    """HTML-escaped text with `command` spans as <code> (Markdown keeps the backticks)."""
+    escaped = str(markupsafe.escape(str(text)))
+    return markupsafe.Markup(CODE.sub(r"<code>\1</code>", escaped))
+
+
 def render_html(title: str, sections: list[Section], figures_dir: Path, html: Path) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("softmoe", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["code"] = code_spans
     images = {b.text: _image(figures_dir, b.text) for s in sections for b in s.blocks if b.kind == "figure"}
     links = {str(v[2]): _rel(v[2], html) for s in sections for b in s.blocks if b.kind == "trace"
              for v in b.items if v[2] is not None}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import pickle  # only for its error type: checkpoints load with weights_only=True
 import math
 import random
@@ -29,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softmoe import atomic, modelfile
+from softmoe import atomic, modelfile, tables
+from softmoe.console import console_setup
 from softmoe.data import ImageDataModule, model_inputs, vit_img_size
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
@@ -42,7 +42,6 @@ from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 
 # params.train keys that may differ between a run and its resumption (where it runs, not what).
 HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers")
-CURVE_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
 CHECKPOINT_EVERY_S = 10.0    # seconds of training a kill may cost at most (see the docstring)
 
 
@@ -285,17 +284,6 @@ def _check_resumable(path: Path, run: dict) -> int | None:
     return None if diff else checkpoint["global_step"]
 
 
-def console_setup() -> bool:
-    """Whether the console is interactive (then: progress bar and Lightning's info lines);
-    otherwise (tests, batch jobs) only warnings. Silences the expected num_workers=0 warning and
-    a deprecation warning internal to Lightning 2.6."""
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-    interactive = sys.stderr.isatty()
-    logging.getLogger("lightning.pytorch").setLevel(logging.INFO if interactive else logging.WARNING)
-    return interactive
-
-
 class EpochCheckpoint(ModelCheckpoint):
     """checkpoints/last.ckpt after the validation of the first and the last epoch of this
     invocation, and of every epoch that ends CHECKPOINT_EVERY_S seconds or more after the previous
@@ -362,7 +350,7 @@ def _write_outputs(params: dict, module: Classifier, datamodule: ImageDataModule
                 "img_size": shape[-1] if params["model"]["kind"] == "mnist" else vit_img_size(params),
                 "in_chans": datamodule.in_chans}
     modelfile.save(out / "model.safetensors", model, metadata)
-    atomic.write_csv(out / "curves.csv", pd.DataFrame(module.curves, columns=CURVE_COLUMNS))
+    atomic.write_csv(out / "curves.csv", pd.DataFrame(module.curves, columns=tables.CURVE_COLUMNS))
     metrics = {"dataset": run["dataset"], "n": run["n"], "seed": run["seed"],
                "test_accuracy": test_accuracy, "test_loss": test_loss,
                "train_loss": module.curves[-1]["train_loss"] if module.curves else None,
