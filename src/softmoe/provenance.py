@@ -96,7 +96,8 @@ def md5(path: Path) -> str:
 
 def file_hashes(paths) -> pd.DataFrame:
     """path, bytes, md5 of every file under the given files and folders (sorted; temp files of
-    interrupted atomic writes skipped), computed now."""
+    interrupted atomic writes skipped), computed now; a path that does not exist is listed as
+    missing."""
     files = set()
     for p in map(Path, paths):
         if p.is_dir():
@@ -104,6 +105,7 @@ def file_hashes(paths) -> pd.DataFrame:
         elif p.is_file():
             files.add(p)
     rows = [{"path": f.as_posix(), "bytes": f.stat().st_size, "md5": md5(f)} for f in sorted(files)]
+    rows += [{"path": Path(p).as_posix(), "bytes": None, "md5": "missing"} for p in paths if not Path(p).exists()]
     return pd.DataFrame(rows, columns=["path", "bytes", "md5"])
 
 
@@ -141,7 +143,8 @@ def run_info(params_path: Path) -> dict:
 def reproduce_line(git: dict, params_path: Path) -> str:
     """One command that reruns this study from a fresh clone at this commit."""
     where = git.get("remote") or "<this repository>"
+    commit = git["commit"][:12] if git.get("dirty") is not None else "<the commit of these files>"
     config = "" if Path(params_path).name == "params.yaml" else f" --configfile {params_path}"
-    return (f"git clone {where} softmoe && cd softmoe && git checkout {git.get('commit', 'HEAD')[:12]} && "
+    return (f"git clone {where} softmoe && cd softmoe && git checkout {commit} && "
             f"python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
             f"snakemake --cores all{config}")

@@ -381,8 +381,9 @@ def discrepancy_section(ctx: Context) -> Section:
         "plus the paper's reading error (±0.003 accuracy and ±0.3 loss for plot readings). Each experiment's "
         "differences come with the hypotheses this pipeline tests."))]
     for exp, g in beyond.groupby("experiment"):
-        frame = g.assign(ours=[pm(o, e) for o, e in zip(g["ours"], g["ours_err"])],
-                         paper=[pm(p_, e) for p_, e in zip(g["paper"], g["paper_err"])],
+        digits = [0 if q.startswith("distinct") else 3 for q in g["quantity"]]
+        frame = g.assign(ours=[pm(o, e, d) for o, e, d in zip(g["ours"], g["ours_err"], digits)],
+                         paper=[pm(p_, e, d) for p_, e, d in zip(g["paper"], g["paper_err"], digits)],
                          diff=g["diff"].map(lambda v: num(v, 3, signed=True)),
                          n=g["n"].map(lambda v: num(int(v)) if given(v) else "–"),
                          k=g["k"].map(lambda v: num(int(v)) if given(v) else "–"))
