@@ -311,9 +311,10 @@ def test_file_hashes_of_files_and_folders(tmp_path):
     (tmp_path / "d" / ".x.bin.tmp").write_bytes(b"half-written")
     (tmp_path / "f.txt").write_text("hello")
     frame = provenance.file_hashes([tmp_path / "d", tmp_path / "f.txt", tmp_path / "absent"])
-    assert frame["path"].tolist() == [(tmp_path / "d" / "sub" / "x.bin").as_posix(), (tmp_path / "f.txt").as_posix()]
-    assert frame["md5"].tolist() == [hashlib.md5(b"abc").hexdigest(), hashlib.md5(b"hello").hexdigest()]
-    assert frame["bytes"].tolist() == [3, 5]
+    assert frame["path"].tolist() == [(tmp_path / "d" / "sub" / "x.bin").as_posix(), (tmp_path / "f.txt").as_posix(),
+                                      (tmp_path / "absent").as_posix()]
+    assert frame["md5"].tolist() == [hashlib.md5(b"abc").hexdigest(), hashlib.md5(b"hello").hexdigest(), "missing"]
+    assert frame["bytes"].tolist()[:2] == [3, 5]    # an absent path is listed as missing, never skipped
 
 
 def test_tables_of_another_dataset_are_rejected(tmp_path):

@@ -143,7 +143,8 @@ def run_info(params_path: Path) -> dict:
 def reproduce_line(git: dict, params_path: Path) -> str:
     """One command that reruns this study from a fresh clone at this commit."""
     where = git.get("remote") or "<this repository>"
-    commit = git["commit"][:12] if git.get("dirty") is not None else "<the commit of these files>"
+    in_git = "dirty" not in git or git["dirty"] is not None      # git_state: dirty None outside git
+    commit = git["commit"][:12] if in_git else "<the commit of these files>"
     config = "" if Path(params_path).name == "params.yaml" else f" --configfile {params_path}"
     return (f"git clone {where} softmoe && cd softmoe && git checkout {commit} && "
             f"python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
