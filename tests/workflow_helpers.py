@@ -13,7 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "workflow", "profiles", "src", "config"]
+# Reports/benchmarks-gpu.json is a committed input of the claims step (the GPU measurements).
+PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "workflow", "profiles", "src", "config",
+                 "reports/benchmarks-gpu.json"]
 
 
 def tiny_params() -> dict:
@@ -45,6 +47,7 @@ def make_project(dest: Path, params: dict | None = None, dvc: bool = True) -> Pa
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     (dest / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
     if dvc:

@@ -5,7 +5,10 @@ rule calibrate:
         data=layout.DATA,
         code=stages.code("calibrate"),
     output:
-        layout.CALIBRATION + "/selection.csv",
+        selection=layout.CALIBRATION + "/selection.csv",
+        model=layout.CALIBRATION + "/model.safetensors",
+        metrics=layout.CALIBRATION + "/metrics.json",
+        curves=layout.CALIBRATION + "/curves.csv",
     params:
         out=layout.CALIBRATION,
         settings=stages.param_values("calibrate", P),
