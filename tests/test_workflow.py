@@ -73,7 +73,9 @@ def test_snakemake_builds_every_output_and_commits_to_dvc(study):
     project, _ = study
     for rel in ["reports/report.html", "reports/report.md", "metrics/mnist5k.json",
                 "results/tables/mnist5k/selection.csv", "results/tables/mnist5k/latency.csv",
-                "results/synthetic/5x2/proof.csv", "results/train/mnist5k/n4-s0/model.safetensors"]:
+                "results/synthetic/v5/5x2/proof.csv", "results/train/mnist5k/n4-s0/model.safetensors",
+                "metrics/claims.json", "results/tables/mnist5k/discrepancies.csv",
+                "results/calibration/mnist5k/n4-s0/selection.csv"]:
         assert (project / rel).is_file() and (project / rel).stat().st_size > 0, rel
     assert list((project / "reports/figures").glob("*.png"))
     assert (project / "dvc.lock").is_file()

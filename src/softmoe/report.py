@@ -470,10 +470,8 @@ def reproduction(ctx: Context, root: Path, metrics_rel: str) -> tuple[str, Secti
         verdict = f"within tolerance (largest difference {big:.4f} ≤ {REPRO_TOLERANCE:g})"
     else:
         verdict = f"different (largest difference {big:.4f} at {worst})"
-    here, then = current.get("machine", {}), committed.get("machine", {})
-    rows = [("this run", here.get("cpu", "–"), str(current.get("experts", {}).get(next(iter(current.get("experts", {})), ""), {}).get("seeds", "–"))),
-            ("committed (git HEAD)", then.get("cpu", "not recorded"),
-             str(committed.get("experts", {}).get(next(iter(committed.get("experts", {})), ""), {}).get("seeds", "–")))]
+    rows = [(label, obj.get("machine", {}).get("cpu", "not recorded"), _seeds(obj))
+            for label, obj in (("this run", current), ("committed (git HEAD)", committed))]
     blocks = [Block("text", text=(f"{metrics_rel}: {verdict}; {len(common)} metrics compared, "
                                   f"{len(set(ours) ^ set(theirs))} present on one side only. Runs are bit-identical "
                                   "on one machine type; another CPU model gives other bytes and metrics that differ "
@@ -485,6 +483,12 @@ def reproduction(ctx: Context, root: Path, metrics_rel: str) -> tuple[str, Secti
             [{"metric": k, "this run": num(ours[k], 5), "committed": num(theirs[k], 5), "Δ": num(deltas[k], 5, True)}
              for k in top]), caption="The largest differences", collapsed=True))
     return verdict, Section(title, blocks)
+
+
+def _seeds(metrics: dict) -> str:
+    """The training seeds per n of a metrics/<dataset>.json (as recorded for its first n)."""
+    experts = metrics.get("experts", {})
+    return str(next(iter(experts.values()), {}).get("seeds", "–"))
 
 
 def _flat(obj, prefix: str = "") -> dict[str, float]:
