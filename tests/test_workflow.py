@@ -15,9 +15,10 @@ from workflow_helpers import BIN, env, file_hashes, make_project, run, snakemake
 from softmoe import stages
 
 LOG_REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
-# Outputs that hold timings or machine facts (or are markers), left out of bit-for-bit comparisons.
+# Outputs that hold timings or machine facts (or are markers), left out of bit-for-bit comparisons:
+# claims.json and discrepancies.csv judge and compare the latency timings too.
 TIMING = ("latency.csv", "hardware.json", "metrics.json", "training.csv", "dvclive", "checkpoints",
-          "params.valid", "benchmarks", ".snakemake_timestamp")
+          "params.valid", "benchmarks", ".snakemake_timestamp", "claims.json", "discrepancies.csv")
 
 
 def snakemake_commands(project) -> dict[str, set[str]]:
