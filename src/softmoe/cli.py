@@ -92,8 +92,8 @@ def cmd_claims(args):
 
 
 def cmd_summarize(args):
-    from softmoe import evaluate
-    evaluate.summarize(_params(args), Path(args.tables), Path(args.out))
+    from softmoe import summary
+    summary.summarize(_params(args), Path(args.tables), Path(args.out))
 
 
 def cmd_latency(args):

@@ -1,0 +1,62 @@
+"""The study's headline metrics, metrics/<dataset>.json for `dvc metrics show` / `dvc metrics
+diff`: per n, all experts, Algorithm 1 / random / z at k = n/2, n/4, n/8 without
+renormalization (seed means with their 95 % intervals), the oracle, and the machine."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from softmoe import atomic, stats, tables
+from softmoe.errors import UserError
+from softmoe.provenance import machine
+
+HEADLINE_DIVISORS = (2, 4, 8)   # k = n/2, n/4, n/8
+
+
+def summarize(params: dict, tables_dir: Path, out_json: Path) -> None:
+    """metrics/<ds>.json for `dvc metrics show`: per n, all experts, Algorithm 1 / random / z at
+    k = n/2, n/4, n/8 without renormalization, and the oracle (means over training seeds)."""
+    selection = tables.read(tables_dir, "selection")
+    training = tables.read(tables_dir, "training")
+    selection = selection[selection["dataset"] == params["dataset"]]
+    if selection.empty:
+        raise UserError(f"{tables_dir / 'selection.csv'}: no rows for dataset {params['dataset']!r}; "
+                        "run the evaluate and tabulate steps for it first")
+    plain = selection[~selection["renormalize"].astype(bool)]
+    ci = stats.mean_over_seeds(plain).set_index(["n", "method", "k"])["ci"]
+    per_n = {}
+    for n, rows in plain.groupby("n"):
+        entry = {"seeds": int(rows["seed"].nunique()),
+                 "all": _mean(rows, "all", n, "accuracy"), "all_ci95": _rounded(ci.get((n, "all", n)))}
+        params_total = training.loc[training["n"] == n, "params_total"]
+        if len(params_total):
+            entry["params_total"] = int(params_total.iloc[0])
+        for d in HEADLINE_DIVISORS:
+            k = stats.k_at(n, 1 / d)
+            if k is not None and (alg1 := _mean(rows, "alg1", k, "accuracy")) is not None:
+                entry[f"k_n{d}"] = {"alg1": alg1, "alg1_ci95": _rounded(ci.get((n, "alg1", k))),
+                                    "random": _mean(rows, "random", k, "accuracy"),
+                                    "random_std": _mean(rows, "random", k, "std"),
+                                    "z": _mean(rows, "alg1", k, "z")}
+        oracle = rows[rows["method"] == "oracle"]
+        if len(oracle):
+            entry["oracle"] = {"k": int(oracle["k"].iloc[0]), "accuracy": round(oracle["accuracy"].mean(), 5),
+                               "distinct_subsets": float(oracle["count"].mean())}
+        per_n[f"n{n}"] = entry
+    atomic.write_json(out_json, {"dataset": params["dataset"], "machine": machine(), "experts": per_n})
+
+
+def _rounded(value) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 5)
+
+
+def _mean(rows: pd.DataFrame, method: str, k: int, column: str) -> float | None:
+    """Mean of `column` over the training seeds for one (method, k), to 5 decimals; None when
+    absent or not finite (an infinite z), since JSON has no infinity."""
+    values = rows.loc[(rows["method"] == method) & (rows["k"] == k), column].astype(float)
+    if values.empty or values.isna().all():
+        return None
+    mean = float(values.mean())
+    return round(mean, 5) if math.isfinite(mean) else None
