@@ -299,13 +299,18 @@ def _fig5(latency: pd.DataFrame | None) -> Figure | str:
         return "latency.csv missing or empty (latency step not run)"
     ref = paper.e4_latency()
     batches = sorted(set(latency["batch"]))
-    configs = sorted({(c, int(n)) for c, n in zip(latency["config"], latency["n"])})
+    configs = sorted({(c, int(n)) for c, n in zip(latency["config"], latency["n"])},
+                     key=lambda cn: (cn[0].startswith("wide"), cn[1], cn[0]))    # legend in numeric order
     colours = dict(zip(configs, sns.color_palette("deep" if len(configs) <= 10 else "husl", len(configs))))
     fig, axes = _panels(len(batches), sharey=True)
     for ax, batch in zip(axes, batches):
         ideal = np.linspace(1 / 16, 1, 50)
         ax.plot(ideal, ideal, color="0.5", ls="--", lw=1, label="ideal k/n")
-        for (config, n), b in latency[latency["batch"] == batch].sort_values("k").groupby(["config", "n"]):
+        groups = dict(list(latency[latency["batch"] == batch].sort_values("k").groupby(["config", "n"])))
+        for config, n in configs:
+            if (config, n) not in groups:
+                continue
+            b = groups[(config, n)]
             scale = b["ratio"] / b["median_ms"]  # ratio to k = n, as latency.csv states it
             err = [(b["median_ms"] - b["q25_ms"]) * scale, (b["q75_ms"] - b["median_ms"]) * scale]
             ax.errorbar(b["k_frac"], b["ratio"], yerr=np.abs(np.nan_to_num(err)), marker="o", ms=4, capsize=2,

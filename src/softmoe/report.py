@@ -332,7 +332,8 @@ def latency_section(ctx: Context) -> Section:
     ref = paper.e4_latency()
     fracs = sorted(f for f in set(lat["k_frac"].round(6)) | set(ref["k_frac"]) if f < 1)
     rows = []
-    for (config, n, batch), g in lat.groupby(["config", "n", "batch"]):
+    order = lambda key: (key[0][0].startswith("wide"), key[0][1], key[0][2], key[0][0])   # noqa: E731
+    for (config, n, batch), g in sorted(lat.groupby(["config", "n", "batch"]), key=order):
         row = {"config": config, "n": int(n), "batch": int(batch),
                "ms at k=n": num(g.loc[g["k"] == n, "median_ms"].mean(), 2)}
         for f in fracs:
