@@ -16,9 +16,10 @@ from softmoe import data, evaluate, params as P, train
 from softmoe.astroformer import SoftMoEAstroformer, SoftMoETransformerBlock
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
-from softmoe.models import build_model, count_parameters
+from softmoe.models import build_model
 from softmoe.selection import random_experts, select_experts
 from test_data import _write_cifar_like
+from test_models import assert_paper_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_GRIDS = sorted({2, 4, 8, 16, 32, 64, 128} | {2, 8, 16, 64, 128})   # config/cifar{10,100}.yaml
@@ -34,14 +35,8 @@ def tiny(n: int = 4, num_classes: int = 10) -> SoftMoEAstroformer:
 @pytest.mark.parametrize("n", CIFAR_GRIDS)
 def test_astroformer1_counts_on_meta_device(n):
     """Astroformer-1, 96 px: about 180M parameters, 151.1M in experts (docs/study.md §3)."""
-    with torch.device("meta"):
-        model = SoftMoEAstroformer(num_classes=100, num_experts=n)
-    counts = count_parameters(model)
-    hidden = 768 * 64 // n
-    assert counts["experts"] == 2 * n * (2 * 768 * hidden + hidden + 768)
-    assert abs(counts["experts"] - 151.1e6) < 0.002 * 151.1e6
-    assert abs(counts["total"] - 180e6) < 0.01 * 180e6
-    assert next(model.parameters()).device.type == "meta"
+    assert_paper_counts(lambda: SoftMoEAstroformer(num_classes=100, num_experts=n), n, layers=2,
+                        experts=151.1e6, total=180e6, experts_tol=0.002)
 
 
 def test_astroformer1_layout():

@@ -122,17 +122,24 @@ def test_norm_regressor_rejects_bad_split():
         NormRegressor(3, 3, 1)
 
 
+def assert_paper_counts(build, n: int, layers: int, experts: float, total: float,
+                        experts_tol: float = 0.01, total_tol: float = 0.01) -> None:
+    """Counted on the meta device (no memory): `layers` Soft MoE layers of n experts
+    768 -> floor(768*64/n) -> 768 with biases, and totals within the paper's rounding."""
+    with torch.device("meta"):
+        model = build()
+    counts = count_parameters(model)
+    hidden = 768 * 64 // n
+    assert counts["experts"] == layers * n * (2 * 768 * hidden + hidden + 768)
+    assert abs(counts["experts"] - experts) < experts_tol * experts
+    assert abs(counts["total"] - total) < total_tol * total
+    assert next(model.parameters()).device.type == "meta"
+
+
 @pytest.mark.parametrize("n", [8, 16, 64, 128])
 def test_vit_b16_counts_on_meta_device(n):
     """ViT-B/16, 224 px, 1000 classes: about 513M parameters, about 454M in experts (docs/study.md §3)."""
-    with torch.device("meta"):
-        model = SoftMoEViT(224, 16, 1000, n)
-    counts = count_parameters(model)
-    hidden = 768 * 64 // n
-    assert counts["experts"] == 6 * n * (2 * 768 * hidden + hidden + 768)
-    assert abs(counts["experts"] - 454e6) < 0.01 * 454e6
-    assert abs(counts["total"] - 513e6) < 0.01 * 513e6
-    assert next(model.parameters()).device.type == "meta"
+    assert_paper_counts(lambda: SoftMoEViT(224, 16, 1000, n), n, layers=6, experts=454e6, total=513e6)
 
 
 def test_small_vit_forward_and_layout():
