@@ -8,24 +8,9 @@ D=${SLURM_CI_DIR:-/tmp/slurmci}
 
 say() { echo "[slurm-down] $*"; }
 
-# Is $1 still the daemon $2 we started (and not a recycled PID)?
-ours() { [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q "$2"; }
-
-stop() {  # stop <name>: TERM the process group, wait up to 10 s, then KILL
-  local f="$D/run/$1.bgpid" p
-  [ -f "$f" ] || return 0
-  p=$(cat "$f")
-  if ours "$p" "$1"; then
-    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$p" 2>/dev/null; then
-      say "$1 ($p) ignored SIGTERM, sending SIGKILL"
-      kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null
-    fi
-    say "stopped $1 ($p)"
-  fi
-  rm -f "$f"
-}
+# shellcheck source=stop-pid.sh
+. "$(dirname "$0")/stop-pid.sh"
+stop() { stop_pidfile "$D/run/$1.bgpid" "$1" "$1"; }   # stop <daemon>
 
 if [ ! -d "$D/run" ] || [ -z "$(ls -A "$D/run" 2>/dev/null | grep bgpid)" ]; then
   say "nothing to stop (no PID files in $D/run)"

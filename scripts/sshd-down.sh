@@ -12,15 +12,8 @@ if [ ! -f "$f" ]; then
   say "nothing to stop (no $f)"
   exit 0
 fi
-p=$(cat "$f")
 # Only our sshd (its command line names our config), never a recycled PID.
-if [ -r "/proc/$p/cmdline" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -q "$D/sshd_config"; then
-  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
-  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$p" 2>/dev/null; then
-    say "sshd ($p) ignored SIGTERM, sending SIGKILL"
-    kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null
-  fi
-  say "stopped sshd ($p)"
-fi
-rm -f "$f" "$D/env"
+# shellcheck source=stop-pid.sh
+. "$(dirname "$0")/stop-pid.sh"
+stop_pidfile "$f" sshd "$D/sshd_config"
+rm -f "$D/env"
