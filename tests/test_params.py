@@ -1,5 +1,6 @@
 """params.yaml validation: every invalid file stops with one message naming the key."""
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,72 @@ def test_k_values():
     assert P.k_values(8, ev) == [1, 2, 4, 5]
     assert P.k_values(2, ev) == [1]
     assert P.k_values(4, dict(ev, every_k=True)) == [1, 2, 3]
+
+
+def _schema_node(path: str) -> dict:
+    """The schema object of a dotted section path ('' is the whole file, '$dataset' an entry)."""
+    node = yaml.safe_load(P.SCHEMA_PATH.read_text())
+    if path == "$dataset":
+        return node["$defs"]["dataset"]
+    for part in filter(None, path.split(".")):
+        node = node["properties"][part]
+    return node
+
+
+SECTION_PATHS = {P.Study: "", P.Dataset: "$dataset", P.Model: "model", P.Train: "train",
+                 P.Evaluate: "evaluate", P.Calibration: "calibration", P.Synthetic: "synthetic",
+                 P.Latency: "latency", P.Wide: "latency.wide", P.Report: "report"}
+
+
+def test_section_fields_are_the_schema_keys():
+    """Each dataclass holds exactly its schema object's keys; required ones have no default."""
+    assert set(SECTION_PATHS) == set(P.Section.__subclasses__())
+    for cls, path in SECTION_PATHS.items():
+        node = _schema_node(path)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
+        assert set(fields) == set(node["properties"]), cls.__name__
+        required = {name for name, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        assert required == set(node["required"]), cls.__name__
+
+
+def test_study_holds_the_file_typed_and_raw():
+    for path in [ROOT / "params.yaml", *sorted((ROOT / "config").glob("*.yaml"))]:
+        raw = yaml.safe_load(path.read_text())
+        study = P.Study.of(raw)
+        assert study.raw is raw and study.train.raw is raw["train"] and study.model.raw is raw["model"]
+        assert study.experts == tuple(raw["experts"]) and study.dataset_entry.raw is raw["datasets"][raw["dataset"]]
+        for name, cls in P.SECTIONS.items():
+            section = getattr(study, name)
+            assert isinstance(section, cls)
+            for key, value in raw[name].items():
+                if key != "wide":
+                    assert getattr(section, key) == P._frozen(value), (path, name, key)
+        assert study.latency.wide == P.Wide.of(raw["latency"]["wide"])
+        defaults = P.KIND_DEFAULTS.get(raw["model"]["kind"], {})
+        assert study.model.options() == {k: P._frozen(raw["model"].get(k, v)) for k, v in defaults.items()}
+
+
+def test_absent_keys_take_their_defaults():
+    model = P.Model.of({"kind": "vit", "depth": 2})
+    assert model.depth == 2 and model.embed_dim == P.VIT_DEFAULTS["embed_dim"] and model.depths is None
+    assert P.Model.of({"kind": "mnist"}).options() == {}
+    train = P.Train.of({k: BASE["train"][k] for k in _schema_node("train")["required"]})
+    assert (train.weight_decay, train.mixup, train.accelerator, train.devices, train.shuffle) == (0.0, 0.0, "auto", 1, True)
+
+
+def test_replaced_changes_fields_and_raw_alike():
+    train = P.Study.of(copy.deepcopy(BASE)).train
+    paper = train.replaced(max_steps=None, epochs=15)
+    assert (paper.max_steps, paper.epochs) == (None, 15) and train.max_steps == BASE["train"]["max_steps"]
+    assert paper.raw == dict(BASE["train"], max_steps=None, epochs=15) and list(paper.raw) == list(BASE["train"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        paper.lr = 1.0
+
+
+def test_load_study_validates(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump(_mutate("train.lr", "fast")))
+    with pytest.raises(P.ParamsError, match="train.lr"):
+        P.load_study(bad)
+    assert P.load_study(ROOT / "params.yaml").raw == BASE

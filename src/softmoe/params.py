@@ -1,8 +1,29 @@
-"""Schema and validation of params.yaml: one clear error naming the key, before any work starts."""
+"""params.yaml: its validation (one clear error naming the key, before any work starts) and
+its typed sections, built once from the validated file.
+
+API:
+- `load(path) -> dict`: the validated raw mapping (Snakemake's config; provenance hashes it).
+- `load_study(path) -> Study`: the same file, validated, as frozen dataclasses; `Study.of(raw)`
+  builds one from an already validated mapping (tests, Snakemake).
+- `Study` fields are the file's top-level keys: `dataset, experts, seeds, threads` and the
+  sections `datasets` ({name: Dataset}), `model: Model`, `train: Train`, `evaluate: Evaluate`,
+  `calibration: Calibration`, `synthetic: Synthetic`, `latency: Latency` (with `wide: Wide`),
+  `report: Report`; `Study.dataset_entry` is the Dataset of `dataset`.
+- Section fields are the schema's keys of that section (tests/test_params.py checks it); an
+  optional key that is absent holds its default. Arrays are tuples. `Model` holds `kind` and the
+  kind's options resolved with VIT_DEFAULTS / ASTROFORMER_DEFAULTS (None where the kind has no
+  such option); `Model.options()` is that dict.
+- Every section (and Study) keeps `.raw`, the mapping as the file gave it (lists, absent keys
+  absent): checkpoints and manifests store it; do not mutate it. `section.replaced(**changes)`
+  is a copy with fields and raw changed alike.
+"""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
 
 import jsonschema
 import yaml
@@ -23,11 +44,17 @@ VIT_DEFAULTS = {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12
 # Astroformer-1 at the study's 96 px CIFAR input (docs/astroformer.md); softmoe.astroformer builds it.
 ASTROFORMER_DEFAULTS = {"embed_dims": [96, 192, 384, 768], "depths": [2, 6, 14, 2],
                         "stem_width": 64, "head_hidden": 768, "img_size": 96, "expert_mult": 64}
+KIND_DEFAULTS = {"vit": VIT_DEFAULTS, "astroformer": ASTROFORMER_DEFAULTS}   # model.kind -> its options
 ASTROFORMER_DIM_HEAD = 32   # timm MaxxVitTransformerCfg.dim_head: the transformer width is a multiple
 
 
 class ParamsError(UserError, ValueError):
     """An invalid params file; the message names the key and the fix."""
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a params file (as `load`) and build its typed sections."""
+    return Study.of(load(path))
 
 
 def load(path: str | Path) -> dict:
@@ -171,3 +198,193 @@ def synthetic_shape(tokenization: str) -> tuple[int, int]:
     """'5x2' -> (5 tokens, dim 2)."""
     m, d = tokenization.split("x")
     return int(m), int(d)
+
+
+# ---- typed sections -------------------------------------------------------------------------
+def _frozen(value: Any) -> Any:
+    """YAML arrays as tuples (nested too), everything else as given."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a validated params file; `raw` is the mapping the file gave."""
+    raw: Mapping = field(default_factory=dict, compare=False, repr=False, kw_only=True)
+
+    @classmethod
+    def of(cls, given: Mapping):
+        """The section of a validated mapping: its keys as fields, absent keys at their default."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"raw"}
+        return cls(**{k: _frozen(v) for k, v in given.items() if k in names}, raw=given)
+
+    def replaced(self, **changes):
+        """A copy with these keys changed, in the fields and in `raw` alike."""
+        return dataclasses.replace(self, **{k: _frozen(v) for k, v in changes.items()},
+                                   raw={**self.raw, **changes})
+
+
+@dataclass(frozen=True)
+class Dataset(Section):
+    """One entry of `datasets`: where the images come from."""
+    source: str
+    root: str | None = None
+    download: bool = False
+    split_seed: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Model(Section):
+    """`model`: the kind and its options, absent options at the kind's default."""
+    kind: str
+    img_size: int | None = None
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    moe_blocks: int | None = None
+    expert_mult: int | None = None
+    embed_dims: tuple[int, ...] | None = None
+    depths: tuple[int, ...] | None = None
+    stem_width: int | None = None
+    head_hidden: int | None = None
+
+    @classmethod
+    def of(cls, given: Mapping) -> Model:
+        defaults = KIND_DEFAULTS.get(given["kind"], {})
+        return dataclasses.replace(super().of(given), **{
+            key: _frozen(given.get(key, default)) for key, default in defaults.items()})
+
+    def options(self) -> dict:
+        """The keyword options of the kind's model class ({} for mnist)."""
+        return {key: getattr(self, key) for key in KIND_DEFAULTS.get(self.kind, {})}
+
+
+@dataclass(frozen=True)
+class Train(Section):
+    """`train`: the recipe of the image models and where they run."""
+    optimizer: str
+    lr: float
+    batch_size: int
+    epochs: int
+    max_steps: int | None
+    schedule: str
+    weight_decay: float = 0.0
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    dropout: float = 0.0
+    normalize_mean: tuple[float, ...] | None = None
+    normalize_std: tuple[float, ...] | None = None
+    shuffle: bool = True
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Evaluate(Section):
+    """`evaluate`: which k, random subsets and oracle a trained model is evaluated at."""
+    fractions: tuple[float, ...]
+    every_k: bool
+    absolute_k: tuple[int, ...]
+    random_seeds: tuple[int, ...]
+    oracle_fraction: float
+    oracle_limit: int
+    renormalize: tuple[bool, ...]
+    batch_size: int
+
+    def k_values(self, n: int) -> list[int]:
+        """The k of Algorithm 1 evaluated for a model with n experts."""
+        return stats.k_values(n, self.fractions, self.absolute_k, self.every_k)
+
+
+@dataclass(frozen=True)
+class Calibration(Section):
+    """`calibration`: the grid models also trained for the paper's epochs."""
+    experts: tuple[int, ...]
+    epochs: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Synthetic(Section):
+    """`synthetic`: the Theorem 1 runs (variances as the file spells them) and the proof check."""
+    experts: tuple[int, ...]
+    tokenizations: tuple[str, ...]
+    variances: tuple[float, ...]
+    batch_size: int
+    steps: int
+    lr: float
+    seed: int
+    proof_scales: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Wide(Section):
+    """`latency.wide`: the paper's table 3 layer, scaled by `width`."""
+    experts: int
+    hidden_per_expert: int
+    dim: int
+    tokens: int
+    layers: int
+    width: float
+
+
+@dataclass(frozen=True)
+class Latency(Section):
+    """`latency`: timing of the selective path."""
+    fractions: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    warmup: int
+    repeats: int
+    wide: Wide
+
+    @classmethod
+    def of(cls, given: Mapping) -> Latency:
+        return dataclasses.replace(super().of(given), wide=Wide.of(given["wide"]))
+
+
+@dataclass(frozen=True)
+class Report(Section):
+    """`report`: the report's title."""
+    title: str
+
+
+@dataclass(frozen=True)
+class Study(Section):
+    """A whole validated params file: the top-level keys and every section."""
+    dataset: str
+    experts: tuple[int, ...]
+    seeds: tuple[int, ...]
+    threads: int
+    datasets: Mapping[str, Dataset]
+    model: Model
+    train: Train
+    evaluate: Evaluate
+    calibration: Calibration
+    synthetic: Synthetic
+    latency: Latency
+    report: Report
+
+    @classmethod
+    def of(cls, given: Mapping) -> Study:
+        """The study of a validated params mapping (`validate` it first)."""
+        return cls(dataset=given["dataset"], experts=_frozen(given["experts"]),
+                   seeds=_frozen(given["seeds"]), threads=given["threads"],
+                   datasets={name: Dataset.of(e) for name, e in given["datasets"].items()},
+                   **{name: kind.of(given[name]) for name, kind in SECTIONS.items()}, raw=given)
+
+    @property
+    def dataset_entry(self) -> Dataset:
+        """The `datasets` entry of the study's dataset."""
+        return self.datasets[self.dataset]
+
+
+SECTIONS = {"model": Model, "train": Train, "evaluate": Evaluate, "calibration": Calibration,
+            "synthetic": Synthetic, "latency": Latency, "report": Report}
