@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from softmoe import data
+from softmoe import data, datamodule
 from softmoe.errors import UserError
 from softmoe.vision import import_torchvision
 
@@ -253,7 +253,7 @@ def test_imagefolder_manifest_lists_files_and_datamodule_reads_them(params, tmp_
         "size": (root / "val/dog/1.png").stat().st_size, "label": 1}
     assert manifest["splits"]["train"] == {"size": 6, "class_counts": [3, 3]}
     assert manifest["classes"] == ["cat", "dog"]
-    dm = data.ImageDataModule(p, out, seed=0)
+    dm = datamodule.ImageDataModule(p, out, seed=0)
     dm.setup()
     images, labels = next(iter(dm.test_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
@@ -271,10 +271,10 @@ def test_imagefolder_changes_after_prepare_are_refused(params, tmp_path):
     with open(root / "train/cat/0.png", "ab") as f:
         f.write(b"extra")
     with pytest.raises(UserError, match=r"0\.png: not as listed in the manifest"):
-        data.ImageDataModule(p, tmp_path / "prepared", seed=0).setup()
+        datamodule.ImageDataModule(p, tmp_path / "prepared", seed=0).setup()
     (root / "train/cat/0.png").unlink()
     with pytest.raises(UserError, match="1 files listed in the manifest are missing"):
-        data.ImageDataModule(p, tmp_path / "prepared", seed=0).setup()
+        datamodule.ImageDataModule(p, tmp_path / "prepared", seed=0).setup()
 
 
 def test_imagefolder_missing_is_one_clear_error(params, tmp_path):
@@ -314,7 +314,7 @@ def _batches(dm, world, rank, epoch):
 
 
 def test_shuffling_is_seeded_per_epoch_and_global_batch_is_split_across_ranks(mnist5k, params):
-    dm = data.ImageDataModule(params, mnist5k, seed=0)
+    dm = datamodule.ImageDataModule(params, mnist5k, seed=0)
     dm.setup()
     dm.train_set.labels = torch.arange(len(dm.train_set))       # identify every image
     single = _batches(dm, 1, 0, epoch=3)
@@ -328,7 +328,7 @@ def test_shuffling_is_seeded_per_epoch_and_global_batch_is_split_across_ranks(mn
         assert len(ranks[0][i]) == len(ranks[1][i])
         assert torch.equal(both.sort().values, batch.sort().values)
     params["train"]["batch_size"] = 255
-    dm = data.ImageDataModule(params, mnist5k, seed=0)
+    dm = datamodule.ImageDataModule(params, mnist5k, seed=0)
     dm.trainer = _FakeTrainer(2, 0)
     with pytest.raises(UserError, match="train.batch_size.*divisible by the 2 processes"):
         dm.per_device_batch()

@@ -1,7 +1,7 @@
 """DDP: two CPU processes (gloo) train the same model as one process with the same global batch.
 
 params.train.batch_size is the global batch; with devices=2 each process loads half of every
-global batch (data.ImageDataModule), DDP averages the gradients, so the optimization is the
+global batch (datamodule.ImageDataModule), DDP averages the gradients, so the optimization is the
 same up to float summation order. Lightning's `ddp` strategy re-launches the command line in
 a second process, hence a subprocess of the `softmoe train` CLI (e2e)."""
 from __future__ import annotations

@@ -70,7 +70,9 @@ def _test_batches(params: dict, data_dir: Path) -> tuple[int, Iterator]:
         images, labels = data.load_split(data_dir, "test", params)
         return len(labels), ((data.model_inputs(images[i:i + size], params), labels[i:i + size])
                              for i in range(0, len(labels), size))
-    module = data.ImageDataModule(params, data_dir, seed=0)
+    from softmoe.datamodule import ImageDataModule
+
+    module = ImageDataModule(params, data_dir, seed=0)
     module.setup()
     loader = torch.utils.data.DataLoader(module.test_set, batch_size=size)
     return len(module.test_set), ((data.model_inputs(x, params), y) for x, y in loader)

@@ -22,8 +22,10 @@ from softmoe.models import NormRegressor, count_parameters
 from softmoe.params import synthetic_shape
 from softmoe.stats import final_loss
 from softmoe.console import console_setup
+from softmoe.vision import import_torchvision
 
-import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.data, which prepares torchvision)
+import_torchvision()  # before Lightning, which imports torchvision through torchmetrics
+import lightning.pytorch as pl  # noqa: E402,I001
 
 
 class FreshBatches(IterableDataset):

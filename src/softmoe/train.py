@@ -30,7 +30,8 @@ from torch import nn
 
 from softmoe import atomic, modelfile, tables
 from softmoe.console import console_setup
-from softmoe.data import ImageDataModule, model_inputs, vit_img_size
+from softmoe.data import model_inputs, vit_img_size
+from softmoe.datamodule import ImageDataModule
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 from softmoe.models import build_model, count_parameters
