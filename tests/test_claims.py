@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from softmoe import claims, paper, stats, tables
+from softmoe import claims, discrepancies, paper, stats, tables
 from softmoe.errors import UserError
 from test_figures import (latency_rows, random_acc, sample_params, selection_rows, synthetic_loss_rows,
                           training_rows, write_sample_tables)
@@ -72,7 +72,7 @@ def test_gpu_claim_reads_the_wide_keep_path_on_cuda_only():
 
 
 def test_dataset_mnist5k_names_cifar_and_imagenet_as_not_run():
-    found = _by_key(claims.claims_elsewhere(sample_params(), selection_rows()))
+    found = _by_key(claims.claims_elsewhere("mnist5k", selection_rows()))
     assert sorted(found) == ["cifar10", "cifar100", "imagenet"]
     for key, claim in found.items():
         assert claim.verdict == claims.NOT_RUN
@@ -86,37 +86,35 @@ def test_cifar10_headlines_judged_when_the_run_is_on_cifar10():
              "renormalize": False, "accuracy": r.accuracy + 0.001 * s, "std": 0.01, "z": None, "count": 10,
              "images": 10_000} for r in ref.itertuples() for s in (0, 1, 2)]
     sel = pd.DataFrame(rows)
-    cifar = _by_key(claims.claims_elsewhere({"dataset": "cifar10"}, sel))
+    cifar = _by_key(claims.claims_elsewhere("cifar10", sel))
     assert cifar["cifar10"].verdict == claims.PASS and cifar["cifar10"].ours == "0.961, 0.926, 0.205"
     assert cifar["cifar100"].verdict == claims.NOT_RUN
     sel.loc[(sel["n"] == 128) & (sel["method"] == "alg1"), "accuracy"] = 0.85   # 7.5 points below the paper
-    assert _by_key(claims.claims_elsewhere({"dataset": "cifar10"}, sel))["cifar10"].verdict == claims.FAIL
+    assert _by_key(claims.claims_elsewhere("cifar10", sel))["cifar10"].verdict == claims.FAIL
 
 
 # ---- (a) Theorem 1 -----------------------------------------------------------------------------
 def test_plateau_claim_fails_when_n1_is_not_far_above():
-    params = sample_params()
-    good = claims.claim_plateau(synthetic_loss_rows(), params)
+    good = claims.claim_plateau(synthetic_loss_rows())
     assert good.verdict == claims.PASS
     assert "v=25 5x2: 29.7 / 0.99 (n=10) = 30.0" in good.ours and "v=5 5x2: 5.94 / 0.198 (n=10) = 30.0" in good.ours
     assert good.numbers["ratio_v25_5x2"] == pytest.approx(29.99, abs=0.01)
     # n=1 of 2x5 brought down to 1.5x the best n>=2 (0.9 * 1.1): below the ratio threshold of 2
     flat = synthetic_loss_rows(plateau_scale={("2x5", 1): 1.5 * 0.9 / 12.0})
-    bad = claims.claim_plateau(flat, params)
+    bad = claims.claim_plateau(flat)
     assert bad.verdict == claims.FAIL
     assert "v=25 2x5: 1.49 / 0.99 (n=10) = 1.5" in bad.ours
     # failing at one variance only fails the claim
     one = pd.concat([synthetic_loss_rows(variances=(5,)), flat[flat["variance"] == 25]])
-    assert claims.claim_plateau(one, params).verdict == claims.FAIL
+    assert claims.claim_plateau(one).verdict == claims.FAIL
 
 
 def test_plateau_claim_not_run_without_synthetic_runs():
-    params = sample_params()
-    missing = claims.claim_plateau(None, params)
+    missing = claims.claim_plateau(None)
     assert missing.verdict == claims.NOT_RUN and "synthetic_loss.csv missing" in missing.evidence
-    assert claims.claim_plateau(synthetic_loss_rows().iloc[:0], params).verdict == claims.NOT_RUN
+    assert claims.claim_plateau(synthetic_loss_rows().iloc[:0]).verdict == claims.NOT_RUN
     no_single = synthetic_loss_rows()
-    assert claims.claim_plateau(no_single[no_single["n"] > 1], params).verdict == claims.NOT_RUN
+    assert claims.claim_plateau(no_single[no_single["n"] > 1]).verdict == claims.NOT_RUN
 
 
 # ---- (b) Algorithm 1 vs random -----------------------------------------------------------------
@@ -185,7 +183,7 @@ def test_gap_claim_uses_n_over_8_and_fails_when_the_gap_grows():
 
 # ---- (d) the oracle -----------------------------------------------------------------------------
 def test_oracle_rows_pair_the_random_baseline_at_the_same_k():
-    rows = claims.oracle_rows(selection_rows())
+    rows = discrepancies.oracle_rows(selection_rows())
     assert list(rows["n"]) == [4, 8, 16] and list(rows["k"]) == [1, 2, 4]
     assert list(rows["distinct"]) == [4, 27, 110]
     assert list(rows["possible"]) == [4, 28, 1820]
@@ -262,7 +260,7 @@ def test_the_papers_own_numbers_pass_the_claims():
     e1 = paper.e1_plateaus()
     loss = pd.DataFrame([{"step": s, "loss": r.loss, "variance": 25, "tokens": r.tokens, "n": r.n}
                          for r in e1.itertuples() for s in range(10)])
-    assert claims.claim_plateau(loss, sample_params()).verdict == claims.PASS
+    assert claims.claim_plateau(loss).verdict == claims.PASS
     rows = []
     for r in paper.e3_mnist().itertuples():
         k = r.n if r.method == "all" else stats.k_at(r.n, r.k_frac)
@@ -313,7 +311,7 @@ def test_write_claims_writes_counts_order_claims_scope_and_discrepancies(tmp_pat
     assert "CIFAR-10" in scope["cifar10"]["experiment"] and "ImageNet" in scope["imagenet"]["experiment"]
     # discrepancies: the CSV and the counts agree
     found = pd.read_csv(csv)
-    assert found.columns.tolist() == claims.DISCREPANCY_COLUMNS
+    assert found.columns.tolist() == discrepancies.DISCREPANCY_COLUMNS
     assert obj["discrepancies"]["compared"] == len(found)
     assert obj["discrepancies"]["beyond_interval"] == int(found["beyond"].sum()) > 0
     assert obj["discrepancies"]["per_experiment"] == {e: int(g["beyond"].sum()) for e, g in found.groupby("experiment")}

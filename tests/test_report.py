@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from softmoe import claims, cli, figures, paper, provenance, report
+from softmoe import claims, cli, figures, paper, provenance, report, report_context
 from softmoe.errors import UserError
 from test_figures import sample_params, selection_rows, training_rows, write_sample_tables
 
@@ -146,7 +146,7 @@ def test_every_md5_in_the_report_is_the_md5_of_its_file(built):
                 root / "metrics" / "claims.json", root / "params.yaml",
                 root / "results" / "tables" / "mnist5k" / "discrepancies.csv",
                 *(root / "reports" / "figures" / f"{s}.{e}" for s in figures.FIGURES for e in ("png", "svg")),
-                *(root / "results" / "tables" / "mnist5k" / f"{t}.csv" for t in report.TABLE_ORIGIN)}
+                *(root / "results" / "tables" / "mnist5k" / f"{t}.csv" for t in report_context.TABLE_ORIGIN)}
     assert expected <= files, sorted(map(str, expected - files))
     assert any(p.name == "claims.py" and p.parent.name == "softmoe" for p in files)
     assert len(printed) > 60

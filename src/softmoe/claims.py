@@ -1,10 +1,9 @@
-"""The study's claims judged on this run's tables (the `claims` step), and every difference to
-the paper's numbers beyond its interval.
+"""The study's claims judged on this run's tables (the `claims` step).
 
-Writes metrics/claims.json (a DVC metric: `dvc metrics diff` shows a verdict that changed) and
-results/tables/<dataset>/discrepancies.csv. Each claim says what it was judged on (dataset,
-device, model), our number, the paper's, the tolerance and why, and the verdict. The report
-only renders these files (docs/study.md §1 for the claims, §4 for the intervals)."""
+Writes metrics/claims.json (a DVC metric: `dvc metrics diff` shows a verdict that changed) and,
+through softmoe.discrepancies, results/tables/<dataset>/discrepancies.csv. Each claim says what
+it was judged on (dataset, device, model), our number, the paper's, the tolerance and why, and
+the verdict. The report only renders these files (docs/study.md §1 for the claims)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from softmoe import atomic, paper, stats, tables
+from softmoe.discrepancies import (OTHER_SCOPE, WIDE, compare_headlines, discrepancies, experiments_scope,
+                                   oracle_rows)
 from softmoe.errors import UserError
 
 PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
@@ -24,21 +25,7 @@ GAP_SPEARMAN = -0.5      # (c) Spearman rank correlation of (n, gap to all exper
 TIME_SLACK = 0.10        # (e) our k = n/4 time ratio may exceed the paper's by this much
 TIME_TOLERANCE = 0.05    # (e) a larger k may not be faster than a smaller k by more than 5 %
 BUDGET_SPREAD = 0.02     # (f) all-experts accuracy within 2 points across n
-LATENCY_ERR = 0.10       # discrepancies: time ratios differ beyond this (hardware, timing noise)
-WIDE = "wide"            # latency.csv's name for params.latency.wide, the paper's E4 setting
 E4_FRACTION = 0.25
-
-# Paper experiments outside the default study: (key, experiment, paper items, dataset, config).
-OTHER_SCOPE = [
-    ("cifar10", "E3 CIFAR-10: Algorithm 1 vs random, absolute k", "figure 2b, table 2", "cifar10",
-     "config/cifar10.yaml"),
-    ("cifar100", "E3 CIFAR-100: Algorithm 1 vs random, k = n/2, n/4, n/8", "figure 2c, tables 11–12",
-     "cifar100", "config/cifar100.yaml"),
-    ("imagenet", "E3 ImageNet-1k: Algorithm 1 vs random (ViT-B/16)", "figure 3, table 13, claim 3",
-     "imagenet", "config/imagenet.yaml"),
-    ("mnist_full", "E2/E3 on full MNIST (60,000 / 10,000 images)", "figures 1–2, table 1 at paper scale",
-     "mnist", "config/mnist.yaml"),
-]
 
 
 @dataclass
@@ -60,7 +47,7 @@ def judge(params: dict, frames: dict, gpu: dict | None) -> list[Claim]:
     sel, train = frames["selection"], frames["training"]
     device = ", ".join(sorted({str(d) for d in train["device"]}))
     data = {"dataset": params["dataset"], "device": device, "model": params["model"]["kind"]}
-    return [claim_plateau(frames["synthetic_loss"], params),
+    return [claim_plateau(frames["synthetic_loss"]),
             claim_alg1_beats_random(sel, data),
             claim_gap_shrinks(sel, params["evaluate"]["fractions"], data),
             claim_oracle_rises(sel, data),
@@ -68,7 +55,7 @@ def judge(params: dict, frames: dict, gpu: dict | None) -> list[Claim]:
             claim_time_trained(frames["latency"], data),
             claim_time_gpu(gpu),
             claim_budget_holds(train, data),
-            *claims_elsewhere(params, sel)]
+            *claims_elsewhere(params["dataset"], sel)]
 
 
 def verdict(ok: list[bool]) -> str:
@@ -76,7 +63,7 @@ def verdict(ok: list[bool]) -> str:
 
 
 # ---- (a) Theorem 1 --------------------------------------------------------------------------
-def claim_plateau(loss: pd.DataFrame | None, params: dict) -> Claim:
+def claim_plateau(loss: pd.DataFrame | None) -> Claim:
     claim = Claim("a", "one expert cannot fit ‖x‖₂: the n = 1 loss plateau lies far above every n ≥ 2 "
                   "(Theorem 1)", {"dataset": "synthetic ‖x‖₂, x ~ N(0, v·I₁₀)", "device": "cpu",
                                   "model": "Soft MoE regressor, no normalization"},
@@ -194,17 +181,6 @@ def claim_gap_shrinks(selection: pd.DataFrame, fractions: list[float], scope: di
 
 
 # ---- (d) the oracle --------------------------------------------------------------------------
-def oracle_rows(selection: pd.DataFrame) -> pd.DataFrame:
-    """Per n: oracle accuracy, distinct subsets, random accuracy and std at the oracle's k."""
-    means = stats.mean_over_seeds(selection[~selection["renormalize"]])
-    oracle = means[means["method"] == "oracle"][["n", "k", "accuracy", "count", "seeds", "ci"]]
-    rnd = means[means["method"] == "random"][["n", "k", "accuracy", "std", "ci"]]
-    out = oracle.merge(rnd, on=["n", "k"], how="left", suffixes=("", "_random"))
-    out = out.rename(columns={"accuracy": "oracle", "count": "distinct", "accuracy_random": "random",
-                              "std": "random_std"})
-    out["possible"] = [math.comb(int(n), int(k)) for n, k in zip(out["n"], out["k"])]
-    return out.sort_values("n").reset_index(drop=True)
-
 
 def claim_oracle_rises(selection: pd.DataFrame, scope: dict) -> Claim:
     claim = Claim("d", "the best k-subset per input (oracle, k = n/4) gets more accurate as n grows", scope,
@@ -336,7 +312,7 @@ def claim_budget_holds(training: pd.DataFrame, scope: dict) -> Claim:
 
 
 # ---- the paper's other datasets ----------------------------------------------------------------
-def claims_elsewhere(params: dict, selection: pd.DataFrame) -> list[Claim]:
+def claims_elsewhere(dataset_here: str, selection: pd.DataFrame) -> list[Claim]:
     """The paper's CIFAR and ImageNet headline numbers: judged when this run is on that dataset,
     otherwise NOT RUN with the params file that runs them."""
     out = []
@@ -347,7 +323,7 @@ def claims_elsewhere(params: dict, selection: pd.DataFrame) -> list[Claim]:
                       "every headline number within its interval + 0.02",
                       "a reproduction at paper scale should land within a couple of points")
         claim.paper = ", ".join(f"{a:.3f}" for a in ref["accuracy"])
-        if params["dataset"] != dataset:
+        if dataset_here != dataset:
             claim.evidence = f"not run here: `snakemake --cores all --configfile {config}` (GPU cluster)"
         else:
             rows = compare_headlines(selection, ref)
@@ -357,86 +333,15 @@ def claims_elsewhere(params: dict, selection: pd.DataFrame) -> list[Claim]:
     return out
 
 
-# ---- differences to the paper --------------------------------------------------------------------
-def compare_headlines(selection: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
-    """One row per reference point of a run n: ours (seed mean), its 95 % interval, paper, diff."""
-    means = stats.mean_over_seeds(selection)
-    means = means[~means["renormalize"]]
-    rows = []
-    for r in ref.itertuples():
-        mine = means[means["method"] == r.method]
-        if pd.notna(r.n):
-            mine = mine[mine["n"] == int(r.n)]
-        if r.method != "all":
-            mine = mine[mine["k"] == int(r.k)] if pd.notna(r.k) else stats.at_fraction(mine, float(r.k_frac))
-        if mine.empty:
-            continue
-        rows.append({"n": r.n, "method": r.method, "k": r.k, "k_frac": r.k_frac,
-                     "ours": float(mine["accuracy"].mean()), "ours_ci": float(mine["ci"].max()),
-                     "paper": float(r.accuracy), "source": r.source})
-    frame = pd.DataFrame(rows, columns=["n", "method", "k", "k_frac", "ours", "ours_ci", "paper", "source"])
-    frame["diff"] = frame["ours"] - frame["paper"]
-    return frame
-
-
-DISCREPANCY_COLUMNS = ["experiment", "quantity", "n", "k", "ours", "ours_err", "paper", "paper_err", "diff",
-                       "beyond"]
-
-
-def discrepancies(params: dict, frames: dict) -> pd.DataFrame:
-    """Every number compared with the paper: ours ± our 95 % interval, the paper's ± its reading
-    error (plots: ±0.003 accuracy, ±0.3 loss), and `beyond`: |diff| > both errors added."""
-    rows = []
-    ref_name = paper.REFERENCE.get(params["dataset"])
-    sel = frames["selection"]
-    if ref_name:
-        for r in compare_headlines(sel, paper.headlines(ref_name)).itertuples():
-            label = "all experts" if r.method == "all" else f"{r.method} k={stats.frac_label(r.k_frac)}" \
-                if pd.notna(r.k_frac) else f"{r.method} k={int(r.k)}"
-            rows.append(("E3", f"accuracy, {label}", r.n, r.k, r.ours, r.ours_ci, r.paper,
-                         _reading(r.source, 0.003)))
-    if ref_name == "mnist":
-        ref = paper.e2_oracle().set_index("n")
-        for r in oracle_rows(sel).itertuples():
-            if int(r.n) in ref.index:
-                p = ref.loc[int(r.n)]
-                rows.append(("E2", "oracle accuracy", r.n, r.k, r.oracle, r.ci, p["oracle"], 0.0))
-                rows.append(("E2", "random k-subset accuracy", r.n, r.k, r.random, r.ci_random, p["random"], 0.0))
-                rows.append(("E2", "distinct best subsets", r.n, r.k, r.distinct, 0.0, p["distinct"], 0.0))
-    loss = frames["synthetic_loss"]
-    if loss is not None and not loss.empty:
-        ref = paper.e1_plateaus().set_index(["tokens", "n"])["loss"]
-        for r in stats.final_losses(loss).itertuples():
-            if (r.tokens, int(r.n)) in ref.index:
-                rows.append(("E1", f"final loss, variance {r.variance:g}, {r.tokens}", r.n, None, r.final_loss,
-                             0.0, ref[(r.tokens, int(r.n))], 0.3))
-    lat = frames["latency"]
-    if lat is not None:
-        ref = paper.e4_latency()
-        for r in lat[lat["config"] == WIDE].itertuples():
-            p = ref[(ref["batch"] == r.batch) & np.isclose(ref["k_frac"], r.k_frac)]
-            if len(p) and r.k < r.n:
-                rows.append(("E4", f"time ratio, batch {int(r.batch)}, {r.device}", r.n, r.k, r.ratio,
-                             LATENCY_ERR, float(p["ratio"].iloc[0]), 0.0))
-    frame = pd.DataFrame(rows, columns=DISCREPANCY_COLUMNS[:-2])
-    frame["diff"] = frame["ours"] - frame["paper"]
-    frame["beyond"] = frame["diff"].abs() > frame["ours_err"].fillna(0) + frame["paper_err"]
-    return frame
-
-
-def _reading(source: str, err: float) -> float:
-    return err if source == paper.PLOT else 0.0
-
-
 # ---- the step ----------------------------------------------------------------------------------------
 def write_claims(params: dict, tables_dir: Path, gpu_json: Path | None, out_json: Path, out_csv: Path) -> None:
     """The `claims` step: metrics/claims.json and the discrepancies table."""
     frames = {name: tables.read(tables_dir, name) for name in tables.SCHEMAS}
     gpu = tables.read_json(gpu_json, "rerun benchmarks/gpu.sh") if gpu_json else None
     claims = judge(params, frames, gpu)
-    found = discrepancies(params, frames)
+    found = discrepancies(params["dataset"], frames)
     beyond = found[found["beyond"]]
-    scope = experiments_scope(params, beyond)
+    scope = experiments_scope(params["dataset"], beyond)
     counts = {v: sum(c.verdict == v for c in claims) for v in (PASS, FAIL, NOT_RUN)}
     atomic.write_json(out_json, {
         "dataset": params["dataset"], "counts": counts, "order": [c.key for c in claims],
@@ -445,31 +350,6 @@ def write_claims(params: dict, tables_dir: Path, gpu_json: Path | None, out_json
         "discrepancies": {"compared": len(found), "beyond_interval": len(beyond),
                           "per_experiment": {e: int(g["beyond"].sum()) for e, g in found.groupby("experiment")}}})
     atomic.write_csv(out_csv, found)
-
-
-def experiments_scope(params: dict, beyond: pd.DataFrame) -> dict:
-    """Every experiment of the paper: reproduced, reproduced with differences, or not run here."""
-    ds = params["dataset"]
-    reference = paper.REFERENCE.get(ds)
-    here = {
-        "E1": ("Theorem 1 on synthetic ‖x‖₂", "appendix C figure (loss plateaus)", True),
-        "E2": ("oracle specialization", "table 1, figure 5", reference == "mnist"),
-        "E3": (f"Algorithm 1 vs random on {ds}", "figures 1–2 (MNIST)", reference is not None),
-        "E4": ("inference time with k experts", "table 3", True),
-    }
-    out = {}
-    for key, (what, items, ran) in here.items():
-        n = int((beyond["experiment"] == key).sum())
-        status = "not run here" if not ran else "reproduced with differences" if n else "reproduced"
-        out[key] = {"experiment": what, "paper": items, "status": status, "differences_beyond_interval": n,
-                    "config": "params.yaml" if ran else "–", "command": "snakemake --cores all"}
-    for key, experiment, items, dataset, config in OTHER_SCOPE:
-        if dataset == reference and ds == dataset:
-            continue
-        out[key] = {"experiment": experiment, "paper": items, "status": "not run here",
-                    "differences_beyond_interval": 0, "config": config,
-                    "command": f"snakemake --cores all --configfile {config}"}
-    return out
 
 
 def read_claims(path: Path) -> dict:

@@ -1,5 +1,6 @@
 """Every figure of the study, drawn from the tidy tables of results/tables/<dataset>/ only
-(read through softmoe.tables). Drawing only: the analyses are softmoe.stats's and claims'.
+(read through softmoe.tables). Drawing only: the analyses are softmoe.stats's and
+softmoe.discrepancies'.
 
 Each figure is written as <stem>.png and <stem>.svg under the output folder, always under the
 same names: a figure whose table is missing or empty is drawn as a panel that says "not run"
@@ -17,7 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from softmoe import atomic, paper, tables
-from softmoe.claims import oracle_rows
+from softmoe.discrepancies import oracle_rows
 from softmoe.stats import at_fraction, constant_predictor_loss, frac_label, mean_over_seeds
 
 # stem -> (title, caption); the report and workflow/report/<stem>.rst use the same words.
