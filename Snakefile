@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from softmoe import layout, provenance, share, stages
-from softmoe.params import ParamsError, load
+from softmoe.params import ParamsError, Study, load
 
 min_version("9.0")
 
@@ -28,6 +28,7 @@ try:
     P = load(PARAMS)  # schema + cross-key checks, before any job starts
 except ParamsError as err:
     raise WorkflowError(str(err)) from None
+STUDY = Study.of(P)  # typed sections of P, for softmoe.layout
 if PARAMS == "params.yaml" and workflow.is_main_process:
     # After `dvc pull` in a fresh clone: keep what DVC verified (softmoe.share.settle).
     share.settle()

@@ -228,7 +228,7 @@ def test_summarize_headline_metrics(study):
     selection = pd.read_csv(out)
     selection.to_csv(tables / "selection.csv", index=False)
     _training_row(n=TOY_N, params_total=123).to_csv(tables / "training.csv", index=False)
-    summary.summarize(params, tables, root / "metrics.json")
+    summary.summarize(params["dataset"], tables, root / "metrics.json")
     metrics = json.loads((root / "metrics.json").read_text())
     entry = metrics["experts"]["n8"]
     plain = selection[~selection["renormalize"]].set_index(["method", "k"])
@@ -256,13 +256,13 @@ def _training_row(**values) -> pd.DataFrame:
 
 def test_summarize_names_the_missing_table(tmp_path):
     with pytest.raises(UserError, match="selection.csv"):
-        summary.summarize(base_params(), tmp_path, tmp_path / "m.json")
+        summary.summarize("mnist5k", tmp_path, tmp_path / "m.json")
     row = dict.fromkeys(tables.columns("selection"), 0) | {"dataset": "cifar10", "method": "all",
                                                          "renormalize": False, "n": 2, "k": 2}
     pd.DataFrame([row]).to_csv(tmp_path / "selection.csv", index=False)
     _training_row(dataset="cifar10", n=2, params_total=1).to_csv(tmp_path / "training.csv", index=False)
     with pytest.raises(UserError, match="no rows for dataset 'mnist5k'"):
-        summary.summarize(base_params(), tmp_path, tmp_path / "m.json")
+        summary.summarize("mnist5k", tmp_path, tmp_path / "m.json")
 
 
 @pytest.mark.e2e

@@ -7,8 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from softmoe import tables
+from softmoe import layout, tables
 from softmoe.errors import UserError
+from softmoe.params import Study
 from test_figures import (SAMPLES, curves_rows, latency_rows, sample_params, selection_rows,
                           synthetic_loss_rows, training_rows, write_sample_tables)
 
@@ -138,7 +139,8 @@ def test_concat_adds_the_run_keys_and_keeps_only_the_current_grid(tmp_path, monk
         run.mkdir(parents=True)
         metrics = {k: v for k, v in r.items() if k not in ("n", "seed")} | {"nested": {"x": 1}}
         (run / "metrics.json").write_text(json.dumps(metrics))
-    tables.concat(params, "training", tmp_path / "training.csv")
+    inputs = layout.table_inputs(Study.of(params), "training")
+    tables.concat(inputs, "training", tmp_path / "training.csv")
     out = pd.read_csv(tmp_path / "training.csv")
     assert out.columns.tolist() == tables.columns("training")
     assert out["n"].tolist() == [2, 4]                     # n = 8 is not in the grid
@@ -146,4 +148,4 @@ def test_concat_adds_the_run_keys_and_keeps_only_the_current_grid(tmp_path, monk
                                   check_dtype=False)
     (tmp_path / "results" / "train" / "mnist5k" / "n4-s0" / "metrics.json").unlink()
     with pytest.raises(UserError, match=r"n4-s0/metrics\.json: input file not found"):
-        tables.concat(params, "training", tmp_path / "training.csv")
+        tables.concat(inputs, "training", tmp_path / "training.csv")

@@ -14,7 +14,7 @@ from torch import nn
 
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
-from softmoe.models import SoftMoEMlp, expert_hidden, forward_selected
+from softmoe.models import SoftMoEMlp, expert_hidden, forward_selected, vision_experts
 from softmoe.params import astroformer_problems
 
 
@@ -61,9 +61,7 @@ class SoftMoEAstroformer(nn.Module):
         hidden = expert_hidden(dim * expert_mult, num_experts)
         stage = self.net.stages[-1]
         stage.blocks = nn.Sequential(*(
-            SoftMoETransformerBlock(block, SoftMoE(dim, num_experts, hidden, normalize=True, bias=True,
-                                                   activation="gelu", phi_init="lecun"))
-            for block in stage.blocks))
+            SoftMoETransformerBlock(block, vision_experts(dim, num_experts, hidden)) for block in stage.blocks))
 
     def moe_layers(self) -> list[SoftMoEMlp]:
         return [m for m in self.net.modules() if isinstance(m, SoftMoEMlp)]

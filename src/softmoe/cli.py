@@ -18,6 +18,12 @@ def _params(args):
     return params.load(args.params)
 
 
+def _study(args):
+    """The --params file, validated, as typed sections (softmoe.params.Study)."""
+    from softmoe import params
+    return params.load_study(args.params)
+
+
 # Read by OpenMP/BLAS libraries when they load, by child processes, and by Lightning's DDP
 # launchers, which otherwise reset torch to (cores / processes) threads when OMP_NUM_THREADS is unset.
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -75,8 +81,8 @@ def cmd_evaluate(args):
 
 
 def cmd_tabulate(args):
-    from softmoe import tables
-    tables.concat(_params(args), args.table, Path(args.out))
+    from softmoe import layout, tables
+    tables.concat(layout.table_inputs(_study(args), args.table), args.table, Path(args.out))
 
 
 def cmd_calibrate(args):
@@ -93,15 +99,15 @@ def cmd_claims(args):
 
 def cmd_summarize(args):
     from softmoe import summary
-    summary.summarize(_params(args), Path(args.tables), Path(args.out))
+    summary.summarize(_study(args).dataset, Path(args.tables), Path(args.out))
 
 
 def cmd_latency(args):
     _threads(args)
     from softmoe import latency
     from softmoe import layout
-    params = _params(args)
-    latency.measure(params, layout.train_dirs(params, first_seed_only=True), Path(args.out),
+    study = _study(args)
+    latency.measure(study.raw, layout.train_dirs(study, first_seed_only=True), Path(args.out),
                     Path(args.hardware))
 
 

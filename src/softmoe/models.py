@@ -96,6 +96,13 @@ class NormRegressor(nn.Module):
         return self.moe(x.view(-1, self.tokens, self.dim)).sum(dim=(1, 2))
 
 
+def vision_experts(dim: int, num_experts: int, hidden: int) -> SoftMoE:
+    """The Soft MoE layer of the vision models (ViT, Astroformer): GELU, bias, LeCun-normal Φ,
+    normalized routing, n experts dim -> hidden -> dim."""
+    return SoftMoE(dim, num_experts, hidden, normalize=True, bias=True, activation="gelu",
+                   phi_init="lecun")
+
+
 class SoftMoEMlp(nn.Module):
     """Drop-in for a timm block's MLP: a Soft MoE layer that applies Algorithm 1 when `k` is set
     and keeps the experts `keep` (b, k) when that is set."""
@@ -131,8 +138,7 @@ class SoftMoEViT(nn.Module):
                                      num_heads=num_heads, drop_rate=drop_rate)
         hidden = expert_hidden(embed_dim * expert_mult, num_experts)
         for block in self.vit.blocks[depth - moe_blocks:]:
-            block.mlp = SoftMoEMlp(SoftMoE(embed_dim, num_experts, hidden, normalize=True, bias=True,
-                                           activation="gelu", phi_init="lecun"))
+            block.mlp = SoftMoEMlp(vision_experts(embed_dim, num_experts, hidden))
 
     def moe_layers(self) -> list[SoftMoEMlp]:
         return [m for m in self.vit.modules() if isinstance(m, SoftMoEMlp)]

@@ -15,14 +15,14 @@ from softmoe.provenance import machine
 HEADLINE_DIVISORS = (2, 4, 8)   # k = n/2, n/4, n/8
 
 
-def summarize(params: dict, tables_dir: Path, out_json: Path) -> None:
+def summarize(dataset: str, tables_dir: Path, out_json: Path) -> None:
     """metrics/<ds>.json for `dvc metrics show`: per n, all experts, Algorithm 1 / random / z at
     k = n/2, n/4, n/8 without renormalization, and the oracle (means over training seeds)."""
     selection = tables.read(tables_dir, "selection")
     training = tables.read(tables_dir, "training")
-    selection = selection[selection["dataset"] == params["dataset"]]
+    selection = selection[selection["dataset"] == dataset]
     if selection.empty:
-        raise UserError(f"{tables_dir / 'selection.csv'}: no rows for dataset {params['dataset']!r}; "
+        raise UserError(f"{tables_dir / 'selection.csv'}: no rows for dataset {dataset!r}; "
                         "run the evaluate and tabulate steps for it first")
     plain = selection[~selection["renormalize"].astype(bool)]
     ci = stats.mean_over_seeds(plain).set_index(["n", "method", "k"])["ci"]
@@ -45,7 +45,7 @@ def summarize(params: dict, tables_dir: Path, out_json: Path) -> None:
             entry["oracle"] = {"k": int(oracle["k"].iloc[0]), "accuracy": round(oracle["accuracy"].mean(), 5),
                                "distinct_subsets": float(oracle["count"].mean())}
         per_n[f"n{n}"] = entry
-    atomic.write_json(out_json, {"dataset": params["dataset"], "machine": machine(), "experts": per_n})
+    atomic.write_json(out_json, {"dataset": dataset, "machine": machine(), "experts": per_n})
 
 
 def _rounded(value) -> float | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from softmoe import atomic, layout
+from softmoe import atomic
 from softmoe.errors import UserError
 
 
@@ -155,11 +155,12 @@ def read_rows(file: Path) -> pd.DataFrame:
     return pd.read_csv(file)
 
 
-def concat(params: dict, table: str, out: Path) -> None:
-    """Write results/tables/<dataset>/<table>.csv from the per-run files of the current grid only,
-    with the run's keys (n, seed, tokens, ...) added as columns where the file lacks them."""
+def concat(inputs: list[tuple[Path, dict]], table: str, out: Path) -> None:
+    """Write results/tables/<dataset>/<table>.csv from per-run files (layout.table_inputs: the
+    current grid only), with the run's keys (n, seed, tokens, ...) added as columns where the
+    file lacks them."""
     frames = []
-    for file, keys in layout.table_inputs(params, table):
+    for file, keys in inputs:
         frame = read_rows(file)
         for key, value in keys.items():
             if key not in frame.columns:

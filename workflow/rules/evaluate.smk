@@ -1,5 +1,5 @@
 def table_files(table):
-    return [str(path) for path, _ in layout.table_inputs(P, table)]
+    return [str(path) for path, _ in layout.table_inputs(STUDY, table)]
 
 
 rule evaluate:

@@ -1,7 +1,7 @@
 rule latency:
     message: "Timing the Soft MoE layers with only k experts running (alone on the machine)"
     input:
-        models=[str(d / "model.safetensors") for d in layout.train_dirs(P, first_seed_only=True)],
+        models=[str(d / "model.safetensors") for d in layout.train_dirs(STUDY, first_seed_only=True)],
         code=stages.code("latency"),
     output:
         csv=f"{TABLES}/latency.csv",

@@ -57,7 +57,7 @@ rule report:
         rules.claims.output,
         expand(f"{TABLES}/{{table}}.csv", table=TABLE_NAMES),
         rules.latency.output,
-        [str(d / "model.safetensors") for d in layout.train_dirs(P)],
+        [str(d / "model.safetensors") for d in layout.train_dirs(STUDY)],
         code=stages.code("report"),
     output:
         html=report("reports/report.html", caption="../report/report.rst", category="Report"),
