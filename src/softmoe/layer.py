@@ -111,20 +111,36 @@ class SoftMoE(nn.Module):
     def _hidden(self, x: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
         """Every expert's hidden activations on its p slots: act(X̃ w1 + b1), (b, n, p, h).
 
-        dispatch (b, m, s) comes from `_dispatch`, so X̃ = dispatchᵀ x.
+        dispatch (b, m, s) comes from `_dispatch`, so X̃ = dispatchᵀ x. In the token form the
+        result is a view of `_token_hidden`'s expert-last tensor.
+        """
+        if self.token_side(x.shape[1]):
+            return self._token_hidden(x, dispatch).permute(0, 3, 1, 2)
+        b, m, _ = x.shape
+        n, p, d, h = self.num_experts, self.slots_per_expert, self.dim, self.expert_hidden
+        slots = dispatch.transpose(1, 2) @ x                               # X̃ (b, s, d)
+        z = slots.view(b, n, p, d).transpose(0, 1).reshape(n, b * p, d)
+        pre = torch.bmm(z, self.w1).view(n, b, p, h).transpose(0, 1)       # (b, n, p, h)
+        if self.b1 is not None:
+            pre = pre + self.b1.view(1, n, 1, h)
+        return self.act(pre)
+
+    def _token_hidden(self, x: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
+        """The token form of `_hidden`, laid out expert-last: (b, p, h, n).
+
+        Σ_t D_t(j,q) (x_t w1[j]) for every token t and expert j: one matmul with the experts'
+        first maps side by side (columns ordered (h, n)), then the dispatch-weighted sum over
+        tokens. With the experts innermost, the elementwise products run over contiguous runs
+        of n values (many tiny experts have h as small as 1).
         """
         b, m, _ = x.shape
         n, p, d, h = self.num_experts, self.slots_per_expert, self.dim, self.expert_hidden
-        if self.token_side(m):
-            w1 = self.w1.transpose(0, 1).reshape(d, n * h)                 # (d, n*h)
-            per_token = (x @ w1).view(b, m, n, 1, h)                       # x_t w1[j]
-            pre = (dispatch.view(b, m, n, p, 1) * per_token).sum(dim=1)    # (b, n, p, h)
-        else:
-            slots = dispatch.transpose(1, 2) @ x                           # X̃ (b, s, d)
-            z = slots.view(b, n, p, d).transpose(0, 1).reshape(n, b * p, d)
-            pre = torch.bmm(z, self.w1).view(n, b, p, h).transpose(0, 1)   # (b, n, p, h)
+        w1 = self.w1.permute(1, 2, 0).reshape(d, h * n)                   # w1[j][:, i] at column i*n + j
+        per_token = (x @ w1).view(b, m, 1, h, n)                          # x_t w1[j]
+        weights = dispatch.view(b, m, n, p).transpose(2, 3).unsqueeze(3)  # D_t(j,q) (b, m, p, 1, n)
+        pre = (weights * per_token).sum(dim=1)                            # (b, p, h, n)
         if self.b1 is not None:
-            pre = pre + self.b1.view(1, n, 1, h)
+            pre = pre + self.b1.t().view(1, 1, h, n)
         return self.act(pre)
 
     def _second_layer(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -135,16 +151,22 @@ class SoftMoE(nn.Module):
         return z.view(n, b, p, self.dim).transpose(0, 1).reshape(b, n * p, self.dim)
 
     def _combine_all(self, hidden: torch.Tensor, combine: torch.Tensor) -> torch.Tensor:
-        """Y = C Ỹ from the hidden activations (b, n, p, h) and C (b, m, s) -> (b, m, d)."""
+        """Y = C Ỹ from the hidden activations (b, n, p, h) and C (b, m, s) -> (b, m, d).
+
+        Token form: Σ_j Σ_q C_t(j,q) act_(j,q) w2[j], one matmul with the experts' second maps
+        stacked (rows ordered (h, n), as `_token_hidden`'s layout).
+        """
         b, m, _ = combine.shape
         if not self.token_side(m):
             return combine @ self._second_layer(hidden)
-        n, p, h = self.num_experts, self.slots_per_expert, self.expert_hidden
-        c = combine.view(b, m, n, p, 1)
-        mixed = (c * hidden.unsqueeze(1)).sum(dim=3).reshape(b, m, n * h)  # Σ_q C_t(j,q) act_(j,q)
-        y = mixed @ self.w2.reshape(n * h, self.dim)                       # (b, m, d)
+        n, p, h, d = self.num_experts, self.slots_per_expert, self.expert_hidden, self.dim
+        per_slot = combine.view(b, m, n, p)
+        c = per_slot.transpose(2, 3).unsqueeze(3)                          # C_t(j,q) (b, m, p, 1, n)
+        mixed = c * hidden.permute(0, 2, 3, 1).unsqueeze(1)                # (b, m, p, h, n)
+        mixed = mixed.view(b, m, h * n) if p == 1 else mixed.sum(dim=2).view(b, m, h * n)
+        y = mixed @ self.w2.transpose(0, 1).reshape(h * n, d)              # (b, m, d)
         if self.b2 is not None:
-            y = y + c.sum(dim=(3, 4)) @ self.b2                            # Σ_s C_ts b2[j(s)]
+            y = y + per_slot.sum(dim=3) @ self.b2                          # Σ_s C_ts b2[j(s)]
         return y
 
     def slot_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
