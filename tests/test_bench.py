@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from softmoe import bench, cli, stats, timing
+from softmoe import (bench, bench_formulations, bench_output, bench_plans, bench_workflow, cli, stats,
+                     timing)
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 
@@ -50,7 +51,7 @@ def test_quick_json_structure(quick):
     m = result["machine"]
     assert m["devices"] == ["cpu"] and m["threads"] == 1 and m["torch"] == torch.__version__
     assert m["cores"] >= 1 and m["cpu"] and m["device_name"]["cpu"] == m["cpu"]
-    plan = bench.QUICK
+    plan = bench_plans.QUICK
     expected = {(c, n, f) for c in plan.layer_shapes for n in plan.layer_experts for f in ("ours", "loop", "vmap")}
     assert {(r["config"], r["n"], r["formulation"]) for r in result["layer"]} == expected
     for r in result["layer"] + result["selective"] + result["training"]:
@@ -81,14 +82,14 @@ def test_selective_ratios_come_from_the_times(quick):
     result, _ = quick
     rows = result["selective"]
     groups = {(r["config"], r["n"], r["batch"]) for r in rows}
-    assert {(c, b) for c, _, b in groups} == {(c, b) for c in ("mnist", "wide") for b in bench.QUICK.batches}
+    assert {(c, b) for c, _, b in groups} == {(c, b) for c in ("mnist", "wide") for b in bench_plans.QUICK.batches}
     for key in groups:
         group = [r for r in rows if (r["config"], r["n"], r["batch"]) == key]
         dense = [r for r in group if r["path"] == "dense"]
         assert len(dense) == 1 and dense[0]["k"] == key[1]
         selective = sorted((r for r in group if r["path"] == "selective"), key=lambda r: r["k"])
         n = key[1]
-        assert [r["k"] for r in selective] == sorted(stats.latency_ks(n, bench.QUICK.fractions))
+        assert [r["k"] for r in selective] == sorted(stats.latency_ks(n, bench_plans.QUICK.fractions))
         for r in group:
             for clock in ("", "cpu_"):
                 assert _close(r[f"{clock}ratio"], r[f"{clock}median_ms"] / dense[0][f"{clock}median_ms"])
@@ -112,7 +113,7 @@ def test_training_and_study_benchmarks(quick):
 
 def test_targets_and_markdown_follow_the_json(quick):
     result, md = quick
-    assert bench.targets(result) == result["targets"]
+    assert bench_output.targets(result) == result["targets"]
     [fastest] = result["targets"]
     ours = {r["n"]: r["median_ms"] for r in result["layer"] if r["formulation"] == "ours"}
     others = {}
@@ -139,7 +140,7 @@ def test_targets_judge_the_issue_thresholds():
     times = {(2, "ours"): 1.0, (2, "loop"): 2.0, (2, "vmap"): 3.0,
              (64, "ours"): 2.0, (64, "loop"): 7.0, (64, "vmap"): 1.5,
              (512, "ours"): 3.0, (512, "loop"): 9.0, (512, "vmap"): 9.0}
-    out = {t["target"]: t for t in bench.targets(_fake_result(times, {2: 10, 512: 45}, 0.36))}
+    out = {t["target"]: t for t in bench_output.targets(_fake_result(times, {2: 10, 512: 45}, 0.36))}
     fastest = out["cpu/c: ours fastest of ours, loop, vmap at every n"]
     assert not fastest["met"] and fastest["measured"] == "lost at n = 64"
     loop = out["cpu/c: ours >= 4x faster than the loop at n=64"]
@@ -149,7 +150,7 @@ def test_targets_judge_the_issue_thresholds():
     assert not out["cpu/wide (2 layer(s), hidden 64): k=n/4, batch 100 time ratio <= 0.35 of k=n"]["met"]
     assert all("cpu_met" not in t for t in out.values())      # no CPU clock in these rows
     times[(64, "vmap")], times[(64, "loop")], times[(512, "ours")] = 2.5, 8.0, 2.0
-    assert all(t["met"] for t in bench.targets(_fake_result(times, selective_ratio=0.35)))
+    assert all(t["met"] for t in bench_output.targets(_fake_result(times, selective_ratio=0.35)))
 
 
 @pytest.mark.parametrize("normalize,bias,activation,slots", [
@@ -159,12 +160,12 @@ def test_comparison_formulations_compute_our_layer(normalize, bias, activation, 
     ours = SoftMoE(6, 4, 5, slots_per_expert=slots, normalize=normalize, bias=bias, activation=activation)
     x = torch.randn(3, 7, 6)
     ours(x).pow(2).sum().backward()
-    for cls in (bench.LoopSoftMoE, bench.VmapSoftMoE):
+    for cls in (bench_formulations.LoopSoftMoE, bench_formulations.VmapSoftMoE):
         other = cls(ours)
         torch.testing.assert_close(other(x), ours(x))
         other(x).pow(2).sum().backward()
         torch.testing.assert_close(other.phi.grad.reshape(ours.phi.shape), ours.phi.grad)
-        if cls is bench.LoopSoftMoE:
+        if cls is bench_formulations.LoopSoftMoE:
             w1 = torch.stack([e[0].weight.grad.t() for e in other.experts])
         else:
             w1 = other.stacked[other.names.index("0.weight")].grad.transpose(1, 2)
@@ -190,19 +191,19 @@ def test_summaries_counts_and_interleaving():
 
 
 def test_study_benchmarks_reject_a_broken_file(tmp_path):
-    assert bench.study_benchmarks(tmp_path / "missing") == {"root": str(tmp_path / "missing"), "found": False,
+    assert bench_workflow.study_benchmarks(tmp_path / "missing") == {"root": str(tmp_path / "missing"), "found": False,
                                                            "rules": [], "total_s": 0}
     bad = tmp_path / "train" / "n2.tsv"
     bad.parent.mkdir()
     bad.write_text("not a benchmark\n")
     with pytest.raises(UserError, match="n2.tsv"):
-        bench.study_benchmarks(tmp_path)
+        bench_workflow.study_benchmarks(tmp_path)
 
 
 def test_commands_record_failures_instead_of_raising(tmp_path):
-    missing = bench.timed_command("nope", ["no-such-tool-softmoe"], tmp_path)
+    missing = bench_workflow.timed_command("nope", ["no-such-tool-softmoe"], tmp_path)
     assert missing["ok"] is False and "not found" in missing["error"]
-    failing = bench.timed_command("exit 3", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path)
+    failing = bench_workflow.timed_command("exit 3", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path)
     assert failing["ok"] is False and failing["returncode"] == 3 and "boom" in failing["error"]
     assert failing["seconds"] > 0
 
@@ -221,7 +222,7 @@ def test_devices_from_the_environment(monkeypatch):
 
 @pytest.mark.e2e
 def test_workflow_overhead_records_errors_outside_a_workflow(tmp_path):
-    rows = bench.workflow_overhead(tmp_path)
+    rows = bench_workflow.workflow_overhead(tmp_path)
     assert [r["command"] for r in rows] == ["snakemake --cores all -n", "snakemake --cores all", "dvc status"]
     assert rows[0]["ok"] is False and rows[0]["error"]          # no Snakefile here
     assert rows[1]["ok"] is False and "not run" in rows[1]["error"]
