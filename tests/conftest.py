@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
+from softmoe.params import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,5 +31,5 @@ def mnist5k(tmp_path_factory) -> Path:
     from softmoe import data
 
     out = tmp_path_factory.mktemp("mnist5k")
-    data.prepare(yaml.safe_load((ROOT / "params.yaml").read_text()), "mnist5k", out)
+    data.prepare(load_study(ROOT / "params.yaml").datasets, "mnist5k", out)
     return out

@@ -24,6 +24,7 @@ import yaml
 
 from softmoe import data, datamodule
 from softmoe.errors import UserError
+from softmoe.params import Study
 from softmoe.vision import import_torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,11 @@ TV = import_torchvision()
 @pytest.fixture
 def params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _inputs(images: torch.Tensor, params: dict) -> torch.Tensor:
+    study = Study.of(params)
+    return data.model_inputs(images, study.train, study.model)
 
 
 def _sha(path: Path) -> str:
@@ -65,9 +71,9 @@ def test_prepare_mnist5k_is_deterministic_and_balanced(mnist5k, params, tmp_path
     assert manifest["params"] == params["datasets"]["mnist5k"]
     for name, digest in manifest["files"].items():
         assert _sha(mnist5k / name) == digest
-    data.prepare(params, "mnist5k", tmp_path)                # same params -> the same bytes
+    data.prepare(Study.of(params).datasets, "mnist5k", tmp_path)       # same params -> the same bytes
     assert json.loads((tmp_path / "manifest.json").read_text())["files"] == manifest["files"]
-    images, labels = data.load_split(mnist5k, "train", params)
+    images, labels = data.load_split(mnist5k, "train", Study.of(params).dataset_entry)
     assert images.dtype == torch.uint8 and images.shape == (4000, 1, 28, 28)
     assert labels.dtype == torch.int64 and 30 < images.float().mean() < 50   # real MNIST ink
 
@@ -118,10 +124,10 @@ def test_manifest_that_lies_about_sizes_is_refused(mnist5k, tmp_path):
 def test_stale_data_is_refused(mnist5k, params):
     params["datasets"]["mnist5k"]["split_seed"] = 1
     with pytest.raises(UserError, match=r"stale data.*softmoe prepare"):
-        data.load_split(mnist5k, "train", params)
+        data.load_split(mnist5k, "train", Study.of(params).dataset_entry)
     params["dataset"] = "mnist"
     with pytest.raises(UserError, match="prepared for dataset 'mnist5k'"):
-        data.read_manifest(mnist5k, params)
+        data.read_manifest(mnist5k, Study.of(params).dataset_entry)
 
 
 # ---- torchvision sources, offline ----------------------------------------------------------
@@ -169,16 +175,17 @@ def _write_cifar_like(root: Path, dataset: str, rng, monkeypatch) -> dict:
             for s, v in splits.items()}
 
 
-def _torchvision_params(params: dict, dataset: str, root: Path, download: bool = False) -> dict:
+def _torchvision_datasets(params: dict, dataset: str, root: Path, download: bool = False) -> dict:
+    """params.datasets (typed) with `dataset` read through torchvision from root."""
     params["datasets"][dataset] = {"source": "torchvision", "root": str(root), "download": download}
-    return params
+    return Study.of(params).datasets
 
 
 @pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_like_loader_reads_idx_files(params, tmp_path, dataset, folder):
     written = _write_mnist_like(tmp_path / "raw", folder, np.random.default_rng(0))
     out = tmp_path / "prepared"
-    data.prepare(_torchvision_params(params, dataset, tmp_path / "raw"), dataset, out)
+    data.prepare(_torchvision_datasets(params, dataset, tmp_path / "raw"), dataset, out)
     for split, (images, labels) in written.items():
         got_images, got_labels = data.load_split(out, split)
         assert torch.equal(got_images, torch.from_numpy(images.astype(np.uint8)).unsqueeze(1))
@@ -191,7 +198,7 @@ def test_mnist_like_loader_reads_idx_files(params, tmp_path, dataset, folder):
 def test_cifar_loader_reads_pickled_batches(params, tmp_path, monkeypatch, dataset):
     written = _write_cifar_like(tmp_path / "raw", dataset, np.random.default_rng(1), monkeypatch)
     out = tmp_path / "prepared"
-    data.prepare(_torchvision_params(params, dataset, tmp_path / "raw"), dataset, out)
+    data.prepare(_torchvision_datasets(params, dataset, tmp_path / "raw"), dataset, out)
     for split, (images, labels) in written.items():
         got_images, got_labels = data.load_split(out, split)
         assert torch.equal(got_images, torch.from_numpy(images))       # (N, 3, 32, 32), RGB planes
@@ -205,7 +212,7 @@ def test_cifar_loader_reads_pickled_batches(params, tmp_path, monkeypatch, datas
 def test_offline_without_local_copy_is_one_clear_error(params, tmp_path, dataset):
     root = tmp_path / "nothing-here"
     with pytest.raises(UserError) as err:
-        data.prepare(_torchvision_params(params, dataset, root), dataset, tmp_path / "out")
+        data.prepare(_torchvision_datasets(params, dataset, root), dataset, tmp_path / "out")
     message = str(err.value)
     assert f"dataset {dataset!r}" in message and str(root) in message
     assert "put the files there" in message and "mnist5k" in message
@@ -218,7 +225,7 @@ def test_failed_download_names_the_download(params, tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     root = tmp_path / "mnist"
     with pytest.raises(UserError, match=r"download failed and no usable copy in .*mnist.*mnist5k"):
-        data.prepare(_torchvision_params(params, "mnist", root, download=True), "mnist", tmp_path / "o")
+        data.prepare(_torchvision_datasets(params, "mnist", root, download=True), "mnist", tmp_path / "o")
 
 
 # ---- imagenet: ImageFolder, manifest only --------------------------------------------------
@@ -246,7 +253,7 @@ def test_imagefolder_manifest_lists_files_and_datamodule_reads_them(params, tmp_
     _png_tree(root, np.random.default_rng(2))
     p = _imagenet_params(params, root)
     out = tmp_path / "prepared"
-    data.prepare(p, "imagenet", out)
+    data.prepare(Study.of(p).datasets, "imagenet", out)
     assert sorted(f.name for f in out.iterdir()) == ["manifest.json"]       # nothing copied
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"]["val/dog/1.png"] == {
@@ -258,7 +265,7 @@ def test_imagefolder_manifest_lists_files_and_datamodule_reads_them(params, tmp_
     images, labels = next(iter(dm.test_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
     assert labels.tolist() == [0, 0, 1, 1]
-    assert data.model_inputs(images, p).shape == (4, 3, 16, 16)
+    assert _inputs(images, p).shape == (4, 3, 16, 16)
     with pytest.raises(UserError, match="not held in memory"):
         data.load_split(out, "train")
 
@@ -267,7 +274,7 @@ def test_imagefolder_changes_after_prepare_are_refused(params, tmp_path):
     root = tmp_path / "imagenet"
     _png_tree(root, np.random.default_rng(3))
     p = _imagenet_params(params, root)
-    data.prepare(p, "imagenet", tmp_path / "prepared")
+    data.prepare(Study.of(p).datasets, "imagenet", tmp_path / "prepared")
     with open(root / "train/cat/0.png", "ab") as f:
         f.write(b"extra")
     with pytest.raises(UserError, match=r"0\.png: not as listed in the manifest"):
@@ -279,19 +286,20 @@ def test_imagefolder_changes_after_prepare_are_refused(params, tmp_path):
 
 def test_imagefolder_missing_is_one_clear_error(params, tmp_path):
     with pytest.raises(UserError, match=r"imagenet.*no ImageFolder tree.*mnist5k"):
-        data.prepare(_imagenet_params(params, tmp_path / "none"), "imagenet", tmp_path / "o")
+        study = Study.of(_imagenet_params(params, tmp_path / "none"))
+        data.prepare(study.datasets, "imagenet", tmp_path / "o")
 
 
 # ---- model inputs, sampling, synthetic batches ---------------------------------------------
 def test_model_inputs_normalize_with_params(params):
     images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 28, 28)
-    x = data.model_inputs(images, params)
+    x = _inputs(images, params)
     assert x.dtype == torch.float32
     assert torch.allclose(x[0], torch.full((1, 28, 28), -0.1307 / 0.3081))
     assert torch.allclose(x[1], torch.full((1, 28, 28), (1 - 0.1307) / 0.3081))
     params["train"]["normalize_mean"] = [0.5, 0.5]
     with pytest.raises(UserError, match="train.normalize_mean"):
-        data.model_inputs(images, params)
+        _inputs(images, params)
 
 
 def test_model_inputs_resize_for_vit(params):
@@ -350,4 +358,4 @@ def test_unknown_dataset_entry_is_refused(params, tmp_path):
     params = copy.deepcopy(params)
     del params["datasets"]["cifar100"]
     with pytest.raises(UserError, match="datasets.cifar100"):
-        data.prepare(params, "cifar100", tmp_path)
+        data.prepare(Study.of(params).datasets, "cifar100", tmp_path)

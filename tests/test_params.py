@@ -140,7 +140,8 @@ def test_section_fields_are_the_schema_keys():
     assert set(SECTION_PATHS) == set(P.Section.__subclasses__())
     for cls, path in SECTION_PATHS.items():
         node = _schema_node(path)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"
+                  and not (cls is P.Dataset and f.name == "name")}      # the entry's key
         assert set(fields) == set(node["properties"]), cls.__name__
         required = {name for name, f in fields.items()
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
@@ -153,6 +154,7 @@ def test_study_holds_the_file_typed_and_raw():
         study = P.Study.of(raw)
         assert study.raw is raw and study.train.raw is raw["train"] and study.model.raw is raw["model"]
         assert study.experts == tuple(raw["experts"]) and study.dataset_entry.raw is raw["datasets"][raw["dataset"]]
+        assert all(entry.name == name for name, entry in study.datasets.items())
         for name, cls in P.SECTIONS.items():
             section = getattr(study, name)
             assert isinstance(section, cls)

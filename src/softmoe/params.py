@@ -8,7 +8,7 @@ API:
 - `Study` fields are the file's top-level keys: `dataset, experts, seeds, threads` and the
   sections `datasets` ({name: Dataset}), `model: Model`, `train: Train`, `evaluate: Evaluate`,
   `calibration: Calibration`, `synthetic: Synthetic`, `latency: Latency` (with `wide: Wide`),
-  `report: Report`; `Study.dataset_entry` is the Dataset of `dataset`.
+  `report: Report`; `Study.dataset_entry` is the Dataset of `dataset` (`Dataset.name`: its key).
 - Section fields are the schema's keys of that section (tests/test_params.py checks it); an
   optional key that is absent holds its default. Arrays are tuples. `Model` holds `kind` and the
   kind's options resolved with VIT_DEFAULTS / ASTROFORMER_DEFAULTS (None where the kind has no
@@ -225,13 +225,18 @@ class Section:
 
 @dataclass(frozen=True)
 class Dataset(Section):
-    """One entry of `datasets`: where the images come from."""
+    """One entry of `datasets`: where the images come from; `name` is its key."""
     source: str
     root: str | None = None
     download: bool = False
     split_seed: int | None = None
     train_size: int | None = None
     test_size: int | None = None
+    name: str = field(default="", kw_only=True)
+
+    @classmethod
+    def of(cls, given: Mapping, name: str = "") -> Dataset:
+        return dataclasses.replace(super().of(given), name=name)
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,7 @@ class Train(Section):
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = 0
+    augment: str = "none"
 
 
 @dataclass(frozen=True)
@@ -377,7 +383,7 @@ class Study(Section):
         """The study of a validated params mapping (`validate` it first)."""
         return cls(dataset=given["dataset"], experts=_frozen(given["experts"]),
                    seeds=_frozen(given["seeds"]), threads=given["threads"],
-                   datasets={name: Dataset.of(e) for name, e in given["datasets"].items()},
+                   datasets={name: Dataset.of(e, name) for name, e in given["datasets"].items()},
                    **{name: kind.of(given[name]) for name, kind in SECTIONS.items()}, raw=given)
 
     @property
