@@ -271,3 +271,29 @@ def test_form_choice():
         assert SoftMoE(196, 64, 12).token_side(4)
         assert SoftMoE(196, 512, 1).token_side(4)
         assert not SoftMoE(768, 128, 384).token_side(197)
+
+
+@pytest.mark.parametrize("p", [1, 3])
+def test_both_forms_give_the_same_gradients(p, monkeypatch):
+    """The token form (experts innermost) and the slot form are the same function: equal outputs
+    and equal gradients for every parameter and the input."""
+    grads = {}
+    for side in (False, True):
+        monkeypatch.setattr(SoftMoE, "token_side", lambda self, m, side=side: side)
+        layer = make(n=5, p=p, bias=True, activation="gelu")
+        x = torch.randn(3, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2),
+                        requires_grad=True)
+        layer(x).sin().sum().backward()
+        grads[side] = {"x": x.grad, **{name: q.grad for name, q in layer.named_parameters()}}
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_token_combine_takes_hidden_in_any_layout(monkeypatch):
+    """`_combine_all` in the token form accepts hidden activations laid out (b, n, p, h) contiguously,
+    not only the expert-last view that `_hidden` returns."""
+    monkeypatch.setattr(SoftMoE, "token_side", lambda self, m: True)
+    layer = make(n=4, p=2, bias=True)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    combine, hidden = layer.slot_hidden(x)
+    torch.testing.assert_close(layer._combine_all(hidden.contiguous(), combine), reference(layer, x))

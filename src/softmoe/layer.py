@@ -163,7 +163,7 @@ class SoftMoE(nn.Module):
         per_slot = combine.view(b, m, n, p)
         c = per_slot.transpose(2, 3).unsqueeze(3)                          # C_t(j,q) (b, m, p, 1, n)
         mixed = c * hidden.permute(0, 2, 3, 1).unsqueeze(1)                # (b, m, p, h, n)
-        mixed = mixed.view(b, m, h * n) if p == 1 else mixed.sum(dim=2).view(b, m, h * n)
+        mixed = (mixed if p == 1 else mixed.sum(dim=2)).reshape(b, m, h * n)
         y = mixed @ self.w2.transpose(0, 1).reshape(h * n, d)              # (b, m, d)
         if self.b2 is not None:
             y = y + per_slot.sum(dim=3) @ self.b2                          # Σ_s C_ts b2[j(s)]
