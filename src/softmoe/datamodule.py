@@ -1,19 +1,29 @@
-"""The LightningDataModule of a prepared dataset and its two kinds of Dataset.
+"""The LightningDataModule of a prepared dataset, its Datasets and the training augmentation.
 
 Prepared CIFAR/MNIST splits are held in memory (`InMemoryImages`: a batch is one indexing op);
 an ImageNet ImageFolder is read file by file (`ImageFolderImages`). Only training imports this
 module: data.py (prepare, manifests, splits, model inputs) stays free of Lightning.
+
+`train.augment: timm` gives every training image of an in-memory split timm's training
+transforms, drawn from (run seed, epoch, image index) alone (`TimmAugment`): the sampler hands
+the dataset (epoch, index) keys (`EpochKeySampler`), so the views do not depend on the number
+of data-loader workers, and a run resumed at an epoch boundary sees the same views as an
+uninterrupted one. The test split is never augmented.
 """
 from __future__ import annotations
 
 import math
+import random
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from softmoe.data import _imagefolder_split, load_split, read_manifest, vit_img_size
+from softmoe.data import _imagefolder_split, load_split, read_manifest
 from softmoe.errors import UserError
+from softmoe.params import Dataset as Entry, Model, Train
 from softmoe.vision import import_torchvision
 
 import_torchvision()  # before Lightning, which imports torchvision through torchmetrics
@@ -40,6 +50,80 @@ class InMemoryImages(Dataset):
 def _whole_batch(batch):
     """collate_fn for InMemoryImages: `__getitems__` already returns the batch."""
     return batch
+
+
+# ---- per-image training augmentation (train.augment) ----------------------------------------
+class TimmAugment:
+    """timm's training transforms of one uint8 (C, H, W) image, as timm's train.py builds them
+    with its defaults (the paper's CIFAR command sets none): `timm.data.create_transform(size,
+    is_training=True, interpolation="random")` = random resized crop to size x size (scale
+    0.08-1, ratio 3/4-4/3, bilinear or bicubic), horizontal flip (p 0.5), colour jitter 0.4
+    (brightness, contrast, saturation), applied to the tensor (no PIL round trip).
+
+    timm's transforms draw from Python's `random` and torch's CPU generator; both are seeded
+    from (seed, epoch, index) for the one image and restored afterwards, so the view is a
+    function of those three numbers and the run's own random stream (dropout, mixup) is
+    untouched."""
+
+    def __init__(self, size: int, seed: int):
+        import_torchvision()
+        from timm.data import create_transform
+
+        # use_prefetcher: no ToTensor/Normalize at the end (model_inputs normalizes).
+        self.transform = create_transform(size, is_training=True, interpolation="random",
+                                          use_prefetcher=True)
+        self.seed = seed
+
+    def __call__(self, image: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
+        with _seeded(image_seed(self.seed, epoch, index)):
+            return self.transform(image)
+
+
+def image_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed for one image's view, mixed from (run seed, epoch, index) by numpy's
+    SeedSequence (distinct keys give unrelated streams)."""
+    low, high = np.random.SeedSequence((seed, epoch, index)).generate_state(2)
+    return int(low) | int(high) << 32
+
+
+@contextmanager
+def _seeded(seed: int):
+    """Python's `random` and torch's CPU generator seeded with `seed` inside, restored after."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
+
+
+class AugmentedImages(InMemoryImages):
+    """A training split held in memory whose items are keyed by (epoch, index): each image is
+    augmented by `augment(image, epoch, index)` (the sampler is an EpochKeySampler)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: TimmAugment):
+        super().__init__(images, labels)
+        self.augment = augment
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        return self.augment(self.images[i], epoch, i), self.labels[i]
+
+    def __getitems__(self, keys: list[tuple[int, int]]):
+        idx = torch.as_tensor([i for _, i in keys], dtype=torch.long)
+        views = [self.augment(self.images[i], epoch, i) for epoch, i in keys]
+        return torch.stack(views), self.labels[idx]
+
+
+class EpochKeySampler(DistributedSampler):
+    """DistributedSampler yielding (epoch, index) keys: the epoch set by Lightning travels with
+    every index to the dataset, also into data-loader worker processes."""
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, i) for i in super().__iter__())
 
 
 class ImageFolderImages(Dataset):
@@ -79,17 +163,20 @@ def _check_folder(folder, root: Path, manifest: dict) -> None:
 class ImageDataModule(pl.LightningDataModule):
     """Train and test splits of a prepared dataset for one (n, seed) run.
 
-    params.train.batch_size is the GLOBAL batch: each of the world's processes loads
+    train.batch_size is the GLOBAL batch: each of the world's processes loads
     batch_size / world_size, so the same params give the same optimization on 1 or k devices.
     Shuffling is a DistributedSampler seeded with the run's seed: epoch e uses the permutation
     of (seed + e), so a run resumed at an epoch boundary sees the same batches. With mixup or
-    cutmix the last incomplete batch is dropped (timm's Mixup needs an even batch). The test
-    split is read in order, whole, by every process (also as the per-epoch validation set)."""
+    cutmix the last incomplete batch is dropped (timm's Mixup needs an even batch). With
+    train.augment other than none, the training images are augmented per image (see the
+    module doc). The test split is read in order, whole, by every process (also as the per-epoch
+    validation set)."""
 
-    def __init__(self, params: dict, data_dir: Path, seed: int):
+    def __init__(self, train: Train, model: Model, entry: Entry, data_dir: Path, seed: int):
         super().__init__()
-        self.params, self.data_dir, self.seed = params, Path(data_dir), seed
-        self.manifest = read_manifest(self.data_dir, params)
+        self.train, self.model, self.entry = train, model, entry
+        self.data_dir, self.seed = Path(data_dir), seed
+        self.manifest = read_manifest(self.data_dir, entry)
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
@@ -110,25 +197,37 @@ class ImageDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         if self.in_memory:
-            self.train_set = InMemoryImages(*load_split(self.data_dir, "train", self.params))
-            self.test_set = InMemoryImages(*load_split(self.data_dir, "test", self.params))
+            self.train_set = self._train_images(*load_split(self.data_dir, "train", self.entry))
+            self.test_set = InMemoryImages(*load_split(self.data_dir, "test", self.entry))
             return
+        if self.train.augment != "none":
+            raise UserError(f"key 'train.augment': {self.train.augment!r} applies to datasets held "
+                            f"in memory; the ImageFolder train split of {self.entry.name} already "
+                            "gets a random resized crop and flip: set `augment: none`")
         root = Path(self.manifest["params"]["root"])
-        size = vit_img_size(self.params)
+        size = self.model.img_size
         self.train_set = ImageFolderImages(root, "train", self.manifest, size, train=True)
         self.test_set = ImageFolderImages(root, "test", self.manifest, size, train=False)
+
+    def _train_images(self, images: torch.Tensor, labels: torch.Tensor) -> InMemoryImages:
+        """The in-memory training split, augmented per image unless train.augment is none; the
+        views have the model's input size (the image's own size for the MNIST model)."""
+        if self.train.augment == "none":
+            return InMemoryImages(images, labels)
+        size = self.model.img_size or images.shape[-1]
+        return AugmentedImages(images, labels, TimmAugment(size, self.seed))
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def per_device_batch(self) -> int:
-        batch, (world, _) = self.params["train"]["batch_size"], self._world()
+        t, (world, _) = self.train, self._world()
+        batch = t.batch_size
         if batch % world:
             raise UserError(f"key 'train.batch_size': {batch} is the global batch and must be "
                             f"divisible by the {world} processes (devices x num_nodes)")
-        t = self.params["train"]
-        if (t.get("mixup") or t.get("cutmix")) and (batch // world) % 2:
+        if (t.mixup or t.cutmix) and (batch // world) % 2:
             raise UserError(f"key 'train.batch_size': mixup/cutmix needs an even batch per process, "
                             f"got {batch} / {world} = {batch // world}")
         return batch // world
@@ -139,15 +238,16 @@ class ImageDataModule(pl.LightningDataModule):
         # from the global RNG that dropout and mixup use (Lightning creates iterators a different
         # number of times in a resumed run than in an uninterrupted one).
         return DataLoader(dataset, batch_size=self.per_device_batch(), sampler=sampler,
-                          num_workers=self.params["train"].get("num_workers", 0), collate_fn=collate,
+                          num_workers=self.train.num_workers, collate_fn=collate,
                           drop_last=drop_last, generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
-        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, seed=self.seed,
-                                     shuffle=self.params["train"].get("shuffle", True))
-        t = self.params["train"]
-        return self._loader(self.train_set, sampler, drop_last=bool(t.get("mixup") or t.get("cutmix")))
+        augmented = isinstance(self.train_set, AugmentedImages)
+        sampler = (EpochKeySampler if augmented else DistributedSampler)(
+            self.train_set, num_replicas=world, rank=rank, seed=self.seed, shuffle=self.train.shuffle)
+        return self._loader(self.train_set, sampler,
+                            drop_last=bool(self.train.mixup or self.train.cutmix))
 
     def val_dataloader(self) -> DataLoader:
         """The test split: evaluated after every epoch for the curves, never to pick weights."""
