@@ -41,6 +41,12 @@ def _inputs(images: torch.Tensor, params: dict) -> torch.Tensor:
     return data.model_inputs(images, study.train, study.model)
 
 
+def _datamodule(params: dict, data_dir: Path, seed: int = 0) -> datamodule.ImageDataModule:
+    """The DataModule of one run on data_dir under params (a mapping, typed here)."""
+    study = Study.of(params)
+    return datamodule.ImageDataModule(study.train, study.model, study.dataset_entry, data_dir, seed)
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -260,7 +266,7 @@ def test_imagefolder_manifest_lists_files_and_datamodule_reads_them(params, tmp_
         "size": (root / "val/dog/1.png").stat().st_size, "label": 1}
     assert manifest["splits"]["train"] == {"size": 6, "class_counts": [3, 3]}
     assert manifest["classes"] == ["cat", "dog"]
-    dm = datamodule.ImageDataModule(p, out, seed=0)
+    dm = _datamodule(p, out)
     dm.setup()
     images, labels = next(iter(dm.test_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
@@ -268,6 +274,9 @@ def test_imagefolder_manifest_lists_files_and_datamodule_reads_them(params, tmp_
     assert _inputs(images, p).shape == (4, 3, 16, 16)
     with pytest.raises(UserError, match="not held in memory"):
         data.load_split(out, "train")
+    p["train"]["augment"] = "timm"
+    with pytest.raises(UserError, match="train.augment.*held in memory.*augment: none"):
+        _datamodule(p, out).setup()
 
 
 def test_imagefolder_changes_after_prepare_are_refused(params, tmp_path):
@@ -278,10 +287,10 @@ def test_imagefolder_changes_after_prepare_are_refused(params, tmp_path):
     with open(root / "train/cat/0.png", "ab") as f:
         f.write(b"extra")
     with pytest.raises(UserError, match=r"0\.png: not as listed in the manifest"):
-        datamodule.ImageDataModule(p, tmp_path / "prepared", seed=0).setup()
+        _datamodule(p, tmp_path / "prepared").setup()
     (root / "train/cat/0.png").unlink()
     with pytest.raises(UserError, match="1 files listed in the manifest are missing"):
-        datamodule.ImageDataModule(p, tmp_path / "prepared", seed=0).setup()
+        _datamodule(p, tmp_path / "prepared").setup()
 
 
 def test_imagefolder_missing_is_one_clear_error(params, tmp_path):
@@ -322,7 +331,7 @@ def _batches(dm, world, rank, epoch):
 
 
 def test_shuffling_is_seeded_per_epoch_and_global_batch_is_split_across_ranks(mnist5k, params):
-    dm = datamodule.ImageDataModule(params, mnist5k, seed=0)
+    dm = _datamodule(params, mnist5k)
     dm.setup()
     dm.train_set.labels = torch.arange(len(dm.train_set))       # identify every image
     single = _batches(dm, 1, 0, epoch=3)
@@ -336,11 +345,13 @@ def test_shuffling_is_seeded_per_epoch_and_global_batch_is_split_across_ranks(mn
         assert len(ranks[0][i]) == len(ranks[1][i])
         assert torch.equal(both.sort().values, batch.sort().values)
     params["train"]["batch_size"] = 255
-    dm = datamodule.ImageDataModule(params, mnist5k, seed=0)
+    dm = _datamodule(params, mnist5k)
     dm.trainer = _FakeTrainer(2, 0)
     with pytest.raises(UserError, match="train.batch_size.*divisible by the 2 processes"):
         dm.per_device_batch()
     params["train"].update(batch_size=254, mixup=0.8)
+    dm = _datamodule(params, mnist5k)
+    dm.trainer = _FakeTrainer(2, 0)
     with pytest.raises(UserError, match="even batch per process, got 254 / 2 = 127"):
         dm.per_device_batch()
 
