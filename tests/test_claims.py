@@ -11,7 +11,7 @@ import pytest
 
 from softmoe import claims, discrepancies, paper, stats, tables
 from softmoe.errors import UserError
-from test_figures import (latency_rows, random_acc, sample_params, selection_rows, synthetic_loss_rows,
+from test_figures import (latency_rows, random_acc, sample_study, selection_rows, synthetic_loss_rows,
                           training_rows, write_sample_tables)
 
 SCOPE = {"dataset": "mnist5k", "device": "cpu", "model": "mnist"}
@@ -21,6 +21,17 @@ ORDER = ["a", "b", "c", "d", "e_wide", "e_trained", "e_gpu", "f", "cifar10", "ci
 def _frames(tmp_path: Path, **kw) -> dict:
     folder = write_sample_tables(tmp_path / "tables", **kw)
     return {name: tables.read(folder, name) for name in tables.SCHEMAS}
+
+
+def _judge(frames: dict, gpu: dict | None) -> list:
+    study = sample_study()
+    return claims.judge(study.dataset, study.model, study.evaluate, frames, gpu)
+
+
+def _write_claims(tables_dir: Path, gpu: Path | None, out: Path, csv: Path) -> None:
+    """The claims step as the CLI calls it, on the sample study."""
+    study = sample_study()
+    claims.write_claims(study.dataset, study.model, study.evaluate, tables_dir, gpu, out, csv)
 
 
 def _by_key(found) -> dict:
@@ -42,7 +53,7 @@ def gpu_file(ratios: dict[int, dict[int, float]] | None = None) -> dict:
 
 # ---- every claim -------------------------------------------------------------------------------
 def test_every_claim_passes_on_good_tables(tmp_path):
-    found = claims.judge(sample_params(), _frames(tmp_path), gpu_file())
+    found = _judge(_frames(tmp_path), gpu_file())
     assert [c.key for c in found] == ORDER
     for claim in found[:8]:
         assert claim.verdict == claims.PASS, (claim.key, claim.ours, claim.evidence)
@@ -53,7 +64,7 @@ def test_every_claim_passes_on_good_tables(tmp_path):
 
 
 def test_without_a_gpu_file_e_gpu_is_not_run(tmp_path):
-    found = _by_key(claims.judge(sample_params(), _frames(tmp_path), None))
+    found = _by_key(_judge(_frames(tmp_path), None))
     gpu = found["e_gpu"]
     assert gpu.verdict == claims.NOT_RUN and gpu.scope["device"] == "cuda"
     assert "not measured on GPU" in gpu.evidence and gpu.ours == "–"
@@ -293,7 +304,7 @@ def _strict_json(path: Path) -> dict:
 def test_write_claims_writes_counts_order_claims_scope_and_discrepancies(tmp_path):
     folder = write_sample_tables(tmp_path / "tables")
     out, csv = tmp_path / "metrics" / "claims.json", folder / "discrepancies.csv"
-    claims.write_claims(sample_params(), folder, None, out, csv)
+    _write_claims(folder, None, out, csv)
     obj = _strict_json(out)
     assert set(obj) == {"dataset", "counts", "order", "claims", "scope", "discrepancies"}
     assert obj["dataset"] == "mnist5k" and obj["order"] == ORDER and sorted(obj["claims"]) == sorted(ORDER)
@@ -330,7 +341,7 @@ def test_write_claims_on_crafted_tables_gives_fail_and_not_run(tmp_path):
     sel = _set_alg1(selection_rows(), 16, 4, 0.008)
     folder = write_sample_tables(tmp_path / "tables", skip=("synthetic_loss",), selection=sel)
     out = tmp_path / "claims.json"
-    claims.write_claims(sample_params(), folder, None, out, tmp_path / "discrepancies.csv")
+    _write_claims(folder, None, out, tmp_path / "discrepancies.csv")
     obj = _strict_json(out)
     verdicts = {k: c["verdict"] for k, c in obj["claims"].items()}
     assert verdicts["a"] == claims.NOT_RUN and "synthetic_loss.csv missing" in obj["claims"]["a"]["evidence"]
@@ -345,11 +356,11 @@ def test_write_claims_reads_the_gpu_file(tmp_path):
     folder = write_sample_tables(tmp_path / "tables")
     gpu = tmp_path / "benchmarks-gpu.json"
     gpu.write_text(json.dumps(gpu_file()))
-    claims.write_claims(sample_params(), folder, gpu, tmp_path / "c.json", tmp_path / "d.csv")
+    _write_claims(folder, gpu, tmp_path / "c.json", tmp_path / "d.csv")
     assert _strict_json(tmp_path / "c.json")["claims"]["e_gpu"]["verdict"] == claims.PASS
     gpu.write_text("[]")
     with pytest.raises(UserError, match=r"benchmarks-gpu\.json: expected a JSON object; rerun benchmarks/gpu\.sh"):
-        claims.write_claims(sample_params(), folder, gpu, tmp_path / "c.json", tmp_path / "d.csv")
+        _write_claims(folder, gpu, tmp_path / "c.json", tmp_path / "d.csv")
 
 
 def test_read_claims_names_the_missing_step(tmp_path):

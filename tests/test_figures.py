@@ -41,6 +41,16 @@ def sample_params(**overrides) -> dict:
     return p
 
 
+def sample_study(**overrides) -> params_mod.Study:
+    """sample_params as the typed sections the steps receive."""
+    return params_mod.Study.of(sample_params(**overrides))
+
+
+def draw(study: params_mod.Study, tables_dir: Path, out_dir: Path) -> None:
+    """The figures step as the CLI calls it."""
+    figures.make_figures(study.dataset, study.evaluate, study.synthetic, tables_dir, out_dir)
+
+
 def all_acc(n: int) -> float:
     return 0.93 + 0.003 * math.log2(n)
 
@@ -194,7 +204,7 @@ def drawn(tmp_path_factory):
     root = tmp_path_factory.mktemp("figures")
     folder = write_sample_tables(root / "tables")
     for out in ("a", "b"):
-        figures.make_figures(sample_params(), folder, root / out)
+        draw(sample_study(), folder, root / out)
     return root
 
 
@@ -220,7 +230,7 @@ def test_optional_tables_missing_or_empty_give_not_run_figures(tmp_path):
                                  synthetic_proof=proof_rows().iloc[:0])
     assert tables.read(folder, "synthetic_proof").empty
     assert tables.read(folder, "latency") is None
-    figures.make_figures(sample_params(), folder, tmp_path / "fig")
+    draw(sample_study(), folder, tmp_path / "fig")
     for stem in STEMS:
         assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 1000
     for stem in ("fig3_synthetic_loss", "fig3_proof_check", "fig4_oracle", "fig5_latency", "fig6_training_curves"):
@@ -234,7 +244,7 @@ def test_optional_tables_missing_or_empty_give_not_run_figures(tmp_path):
 def test_missing_required_table_is_a_user_error(tmp_path, name):
     folder = write_sample_tables(tmp_path / "tables", skip=(name,))
     with pytest.raises(UserError, match=rf"{name}\.csv.*required table not found"):
-        figures.make_figures(sample_params(), folder, tmp_path / "fig")
+        draw(sample_study(), folder, tmp_path / "fig")
     assert not (tmp_path / "fig").exists()      # checked before any figure is drawn
 
 
@@ -267,7 +277,7 @@ def test_fig1_and_fig2_overlay_the_papers_points_only_for_mnist():
 
 
 def test_fig3_one_panel_per_variance_and_tokenization_with_the_constant_predictor():
-    fig = figures._fig3_loss(synthetic_loss_rows(), sample_params())
+    fig = figures._fig3_loss(synthetic_loss_rows(), sample_study().synthetic.tokenizations)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == [f"variance {v}, {t} (tokens x dim)" for v in VARIANCES for t in ("5x2", "2x5")]
     for ax in fig.axes[:4]:
@@ -276,7 +286,7 @@ def test_fig3_one_panel_per_variance_and_tokenization_with_the_constant_predicto
                   if line.get_linestyle() == "-." and len(line.get_ydata())]
         assert levels == [pytest.approx(stats.constant_predictor_loss(variance))], ax.get_title()
     assert "constant predictor Var‖x‖₂" in _legend(fig)
-    proof = figures._fig3_proof(proof_rows(), sample_params())
+    proof = figures._fig3_proof(proof_rows(), sample_study().synthetic.tokenizations)
     assert [ax.get_title() for ax in proof.axes if ax.get_title()] == [
         f"variance {v}, {t}, n = 1" for v in VARIANCES for t in ("5x2", "2x5")]
 

@@ -15,7 +15,8 @@ import yaml
 
 from softmoe import claims, cli, figures, paper, provenance, report, report_context
 from softmoe.errors import UserError
-from test_figures import sample_params, selection_rows, training_rows, write_sample_tables
+from softmoe.params import Study
+from test_figures import draw as draw_figures, sample_params, selection_rows, training_rows, write_sample_tables
 
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 # an attribute or CSS rule that would make a browser fetch something over the network
@@ -48,7 +49,8 @@ def _params_file(root: Path, params: dict) -> Path:
 def _claims(params: dict, tables: Path, root: Path) -> Path:
     """The claims step on the tables: metrics/claims.json and tables/discrepancies.csv."""
     out = root / "metrics" / "claims.json"
-    claims.write_claims(params, tables, None, out, tables / "discrepancies.csv")
+    study = Study.of(params)
+    claims.write_claims(study.dataset, study.model, study.evaluate, tables, None, out, tables / "discrepancies.csv")
     return out
 
 
@@ -70,9 +72,9 @@ def _build(root: Path, params: dict | None = None, draw: bool = True, **table_kw
     claims_json = _claims(params, tables, root)
     figs = root / "reports" / "figures"
     if draw:
-        figures.make_figures(params, tables, figs)
+        draw_figures(Study.of(params), tables, figs)
     html, md = root / "reports" / "report.html", root / "reports" / "report.md"
-    report.build_report(params, _params_file(root, params), tables, figs, claims_json, _bench_dir(root),
+    report.build_report(Study.of(params), _params_file(root, params), tables, figs, claims_json, _bench_dir(root),
                         _hashed(root), html, md)
     return html, md
 
@@ -159,7 +161,7 @@ def test_hashes_describe_the_files_when_the_report_is_written(tmp_path):
     claims_json = _claims(params, tables, tmp_path)
     training_rows().assign(wall_time_s=1.0).to_csv(tables / "training.csv", index=False)
     md = tmp_path / "r.md"
-    report.build_report(params, _params_file(tmp_path, params), tables, tmp_path / "figs", claims_json,
+    report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "figs", claims_json,
                         tmp_path / "none", [], tmp_path / "r.html", md)
     text = md.read_text()
     digest = hashlib.md5((tables / "training.csv").read_bytes()).hexdigest()
@@ -210,11 +212,14 @@ def test_scale_warnings_name_every_difference_from_the_paper():
     params = sample_params()
     params["synthetic"]["steps"] = 50
     params["latency"]["wide"]["width"] = 1.0
-    warn = report.scale_warnings(params, "mnist5k", paper.SETTING["mnist"], steps=[1000], epochs=[15])
+    study = Study.of(params)
+    syn, wide = study.synthetic, study.latency.wide
+    warn = report.scale_warnings("mnist5k", study.datasets["mnist5k"], syn, wide, paper.SETTING["mnist"],
+                                 steps=[1000], epochs=[15])
     assert warn == ["4,000 training images instead of 60,000", "1,000 test images instead of 10,000",
                     "1,000 optimizer steps instead of 3,525",
                     "synthetic runs of 50 steps × 10,000 inputs instead of 500 × 10,000"]
-    assert report.scale_warnings(params, "fashion_mnist", {}, [1000], [15])[0] == \
+    assert report.scale_warnings("fashion_mnist", study.datasets["fashion_mnist"], syn, wide, {}, [1000], [15])[0] == \
         "the paper has no results on fashion_mnist"
 
 
@@ -272,7 +277,7 @@ def test_no_benchmark_files_falls_back_to_training_time(tmp_path):
     params = sample_params()
     tables = write_sample_tables(tmp_path / "tables")
     html, md = tmp_path / "r.html", tmp_path / "r.md"
-    report.build_report(params, _params_file(tmp_path, params), tables, tmp_path / "figs",
+    report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "figs",
                         _claims(params, tables, tmp_path), tmp_path / "no-benchmarks", [], html, md)
     total = training_rows()["wall_time_s"].sum()
     assert f"Training alone (training.csv): {total:,.0f} s" in md.read_text()
@@ -322,7 +327,7 @@ def test_tables_of_another_dataset_are_rejected(tmp_path):
     sel = selection_rows().assign(dataset="cifar10")
     tables = write_sample_tables(tmp_path / "tables", selection=sel)
     with pytest.raises(UserError, match=r"selection\.csv: holds dataset\(s\) \['cifar10'\].*'mnist5k'"):
-        report.build_report(params, _params_file(tmp_path, params), tables, tmp_path / "f",
+        report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "f",
                             _claims(params, tables, tmp_path), tmp_path / "b", [], tmp_path / "r.html",
                             tmp_path / "r.md")
 
@@ -331,7 +336,7 @@ def test_report_needs_the_claims_step(tmp_path):
     params = sample_params()
     tables = write_sample_tables(tmp_path / "tables")
     with pytest.raises(UserError, match=r"claims\.json: no claims found; run `softmoe claims` first"):
-        report.build_report(params, _params_file(tmp_path, params), tables, tmp_path / "f",
+        report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "f",
                             tmp_path / "claims.json", tmp_path / "b", [], tmp_path / "r.html", tmp_path / "r.md")
 
 

@@ -17,6 +17,7 @@ from softmoe import atomic, paper, stats, tables
 from softmoe.discrepancies import (OTHER_SCOPE, WIDE, compare_headlines, discrepancies, experiments_scope,
                                    oracle_rows)
 from softmoe.errors import UserError
+from softmoe.params import Evaluate, Model
 
 PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
 PLATEAU_RATIO = 2.0      # (a) final loss n=1 / best n>=2
@@ -42,20 +43,21 @@ class Claim:
     numbers: dict = field(default_factory=dict)   # numeric values for `dvc metrics diff`
 
 
-def judge(params: dict, frames: dict, gpu: dict | None) -> list[Claim]:
-    """Every claim, judged on the tables (and the GPU benchmark file when there is one)."""
+def judge(dataset: str, model: Model, evaluate: Evaluate, frames: dict, gpu: dict | None) -> list[Claim]:
+    """Every claim, judged on the tables of a run on `dataset` (and the GPU benchmark file when
+    there is one)."""
     sel, train = frames["selection"], frames["training"]
     device = ", ".join(sorted({str(d) for d in train["device"]}))
-    data = {"dataset": params["dataset"], "device": device, "model": params["model"]["kind"]}
+    data = {"dataset": dataset, "device": device, "model": model.kind}
     return [claim_plateau(frames["synthetic_loss"]),
             claim_alg1_beats_random(sel, data),
-            claim_gap_shrinks(sel, params["evaluate"]["fractions"], data),
+            claim_gap_shrinks(sel, evaluate.fractions, data),
             claim_oracle_rises(sel, data),
             claim_time_wide(frames["latency"]),
             claim_time_trained(frames["latency"], data),
             claim_time_gpu(gpu),
             claim_budget_holds(train, data),
-            *claims_elsewhere(params["dataset"], sel)]
+            *claims_elsewhere(dataset, sel)]
 
 
 def verdict(ok: list[bool]) -> str:
@@ -334,17 +336,18 @@ def claims_elsewhere(dataset_here: str, selection: pd.DataFrame) -> list[Claim]:
 
 
 # ---- the step ----------------------------------------------------------------------------------------
-def write_claims(params: dict, tables_dir: Path, gpu_json: Path | None, out_json: Path, out_csv: Path) -> None:
+def write_claims(dataset: str, model: Model, evaluate: Evaluate, tables_dir: Path, gpu_json: Path | None,
+                 out_json: Path, out_csv: Path) -> None:
     """The `claims` step: metrics/claims.json and the discrepancies table."""
     frames = {name: tables.read(tables_dir, name) for name in tables.SCHEMAS}
     gpu = tables.read_json(gpu_json, "rerun benchmarks/gpu.sh") if gpu_json else None
-    claims = judge(params, frames, gpu)
-    found = discrepancies(params["dataset"], frames)
+    claims = judge(dataset, model, evaluate, frames, gpu)
+    found = discrepancies(dataset, frames)
     beyond = found[found["beyond"]]
-    scope = experiments_scope(params["dataset"], beyond)
+    scope = experiments_scope(dataset, beyond)
     counts = {v: sum(c.verdict == v for c in claims) for v in (PASS, FAIL, NOT_RUN)}
     atomic.write_json(out_json, {
-        "dataset": params["dataset"], "counts": counts, "order": [c.key for c in claims],
+        "dataset": dataset, "counts": counts, "order": [c.key for c in claims],
         "claims": {c.key: asdict(c) for c in claims},
         "scope": scope,
         "discrepancies": {"compared": len(found), "beyond_interval": len(beyond),

@@ -95,7 +95,9 @@ def cmd_calibrate(args):
 def cmd_claims(args):
     from softmoe import claims
     gpu = Path(args.gpu) if args.gpu and Path(args.gpu).is_file() else None
-    claims.write_claims(_params(args), Path(args.tables), gpu, Path(args.out), Path(args.discrepancies))
+    study = _study(args)
+    claims.write_claims(study.dataset, study.model, study.evaluate, Path(args.tables), gpu, Path(args.out),
+                        Path(args.discrepancies))
 
 
 def cmd_summarize(args):
@@ -114,12 +116,13 @@ def cmd_latency(args):
 
 def cmd_figures(args):
     from softmoe import figures
-    figures.make_figures(_params(args), Path(args.tables), Path(args.out))
+    study = _study(args)
+    figures.make_figures(study.dataset, study.evaluate, study.synthetic, Path(args.tables), Path(args.out))
 
 
 def cmd_report(args):
     from softmoe import report
-    report.build_report(_params(args), Path(args.params), Path(args.tables), Path(args.figures),
+    report.build_report(_study(args), Path(args.params), Path(args.tables), Path(args.figures),
                         Path(args.claims), Path(args.benchmarks), [Path(p) for p in args.hash],
                         Path(args.html), Path(args.md))
 

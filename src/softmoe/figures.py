@@ -18,6 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from softmoe import atomic, paper, tables
+from softmoe.params import Evaluate, Synthetic
 from softmoe.discrepancies import oracle_rows
 from softmoe.stats import at_fraction, constant_predictor_loss, frac_label, mean_over_seeds
 
@@ -70,20 +71,20 @@ PANEL = (5.4, 3.9)
 VARIANTS = {False: "Algorithm 1 (paper)", True: "Algorithm 1, renormalized"}
 
 
-def make_figures(params: dict, tables_dir: Path, out_dir: Path) -> None:
-    """Draw every figure of FIGURES from the tables into out_dir (PNG and SVG)."""
+def make_figures(dataset: str, evaluate: Evaluate, synthetic: Synthetic, tables_dir: Path, out_dir: Path) -> None:
+    """Draw every figure of FIGURES from the tables of a run on `dataset` into out_dir (PNG and SVG)."""
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     frames = {name: tables.read(tables_dir, name) for name in tables.SCHEMAS}
-    reference = paper.REFERENCE.get(params["dataset"])
+    reference = paper.REFERENCE.get(dataset)
     drawers = {
         "fig1_selection_vs_fraction": lambda: _fig1(frames["selection"], reference),
-        "fig2_selection_vs_n": lambda: _fig2(frames["selection"], params["evaluate"]["fractions"], reference),
-        "fig3_synthetic_loss": lambda: _fig3_loss(frames["synthetic_loss"], params),
-        "fig3_proof_check": lambda: _fig3_proof(frames["synthetic_proof"], params),
-        "fig4_oracle": lambda: _fig4(frames["selection"], params),
+        "fig2_selection_vs_n": lambda: _fig2(frames["selection"], evaluate.fractions, reference),
+        "fig3_synthetic_loss": lambda: _fig3_loss(frames["synthetic_loss"], synthetic.tokenizations),
+        "fig3_proof_check": lambda: _fig3_proof(frames["synthetic_proof"], synthetic.tokenizations),
+        "fig4_oracle": lambda: _fig4(frames["selection"], evaluate.oracle_limit, reference),
         "fig5_latency": lambda: _fig5(frames["latency"]),
         "fig6_training_curves": lambda: _fig6_curves(frames["curves"]),
-        "fig6_all_experts_vs_n": lambda: _fig6_all(frames["training"], params["dataset"]),
+        "fig6_all_experts_vs_n": lambda: _fig6_all(frames["training"], dataset),
     }
     with matplotlib.rc_context(_style()):
         for stem, draw in drawers.items():
@@ -174,7 +175,7 @@ def _fig1(selection: pd.DataFrame, reference: str | None) -> Figure | str:
     return fig
 
 
-def _fig2(selection: pd.DataFrame, fractions: list[float], reference: str | None) -> Figure | str:
+def _fig2(selection: pd.DataFrame, fractions: tuple[float, ...], reference: str | None) -> Figure | str:
     means = mean_over_seeds(selection)
     variants = _variants(means)
     if not variants:
@@ -212,19 +213,19 @@ def _fig2(selection: pd.DataFrame, fractions: list[float], reference: str | None
     return fig
 
 
-def _tokenizations(frame: pd.DataFrame, params: dict) -> list[str]:
-    """The tokenizations of a table, in the order of params.synthetic.tokenizations."""
+def _tokenizations(frame: pd.DataFrame, order: tuple[str, ...]) -> list[str]:
+    """The tokenizations of a table, in the given order (params.synthetic.tokenizations)."""
     found = set(frame["tokens"])
-    order = [t for t in params["synthetic"]["tokenizations"] if t in found]
+    order = [t for t in order if t in found]
     return order + sorted(found - set(order))
 
 
-def _fig3_loss(loss: pd.DataFrame | None, params: dict) -> Figure | str:
+def _fig3_loss(loss: pd.DataFrame | None, tokenizations: tuple[str, ...]) -> Figure | str:
     """One panel per (variance, tokenization): loss per n, the paper's plateaus (dotted) and the
     loss of the best constant prediction Var‖x‖₂ (dash-dot, what a single expert can reach)."""
     if loss is None or loss.empty:
         return "synthetic_loss.csv missing or empty (synthetic step not run)"
-    toks = _tokenizations(loss, params)
+    toks = _tokenizations(loss, tokenizations)
     panels = [(v, t) for v in sorted(set(loss["variance"])) for t in toks]
     ref = paper.e1_plateaus()
     palette = _n_palette(set(loss["n"]) | set(ref["n"]))
@@ -244,10 +245,10 @@ def _fig3_loss(loss: pd.DataFrame | None, params: dict) -> Figure | str:
     return fig
 
 
-def _fig3_proof(proof: pd.DataFrame | None, params: dict) -> Figure | str:
+def _fig3_proof(proof: pd.DataFrame | None, tokenizations: tuple[str, ...]) -> Figure | str:
     if proof is None or proof.empty:
         return "synthetic_proof.csv missing or empty (proof step not run)"
-    toks = _tokenizations(proof, params)
+    toks = _tokenizations(proof, tokenizations)
     colours = dict(zip(sorted(set(proof["case"])), sns.color_palette("deep")))
     positive = proof.loc[proof["slot_gap"] > 0, "slot_gap"]
     floor = positive.min() / 100 if len(positive) else 1e-16  # where exact zeros are drawn
@@ -269,12 +270,12 @@ def _fig3_proof(proof: pd.DataFrame | None, params: dict) -> Figure | str:
     return fig
 
 
-def _fig4(selection: pd.DataFrame, params: dict) -> Figure | str:
+def _fig4(selection: pd.DataFrame, oracle_limit: int, reference: str | None) -> Figure | str:
     rows = oracle_rows(selection)
     if rows.empty:
         return ("selection.csv has no oracle rows: C(n, k) exceeds evaluate.oracle_limit "
-                f"({params['evaluate']['oracle_limit']}) for every n")
-    ref = paper.e2_oracle() if paper.REFERENCE.get(params["dataset"]) == "mnist" else None
+                f"({oracle_limit}) for every n")
+    ref = paper.e2_oracle() if reference == "mnist" else None
     fig, (acc, cnt) = _panels(2)
     acc.plot(rows["n"], rows["oracle"], marker="o", label="best k-subset (ours)")
     acc.errorbar(rows["n"], rows["random"], yerr=rows["random_std"].fillna(0), ls="--", marker="s",

@@ -57,9 +57,9 @@ def hypotheses(ctx: Context, experiment: str) -> list[str]:
         if cal is not None and not cal.empty:
             out.append("Steps vs epochs, measured: " + calibration_summary(ctx) +
                        " (docs/study.md §7, docs/calibration.md).")
-        ds = ctx.params["dataset"]
+        ds = ctx.study.dataset
         ps = paper.SETTING.get(paper.REFERENCE.get(ds), {})
-        train_size = ctx.params["datasets"][ds].get("train_size")
+        train_size = ctx.study.dataset_entry.train_size
         if ps and train_size and train_size < ps["train_size"]:
             out.append(f"Training-set size (a hypothesis, not tested here): {ds} trains on {train_size:,} images "
                        f"instead of {ps['train_size']:,}. Fewer images may leave the experts less specialized at "
@@ -81,7 +81,7 @@ def hypotheses(ctx: Context, experiment: str) -> list[str]:
 def calibration_summary(ctx: Context) -> str:
     """All experts and Algorithm 1 vs random at k = n/4 for the paper-epoch models and the grid."""
     cal, sel = ctx.frames["calibration"], ctx.frames["selection"]
-    first = ctx.params["calibration"]["seed"]
+    first = ctx.study.calibration.seed
     parts = []
     for n, g in cal.groupby("n"):
         grid = sel[(sel["n"] == n) & (sel["seed"] == first)]
@@ -166,7 +166,7 @@ def provenance_section(ctx: Context, hashed: list[Path], benchmarks_dir: Path) -
     run = provenance.run_info(ctx.params_path)
     dirty = {True: f"dirty: {len(git['modified'])} modified tracked file(s), {git['untracked']} untracked",
              False: "clean", None: "–"}[git["dirty"]]
-    p = ctx.params
+    p = ctx.study
     facts = [("command", run["command"]), ("started", run["start"]), ("report written", run["end"]),
              ("reproduce this", provenance.reproduce_line(git, ctx.params_path)),
              ("git commit", git["commit"]), ("working tree (when the report was written)", dirty),
@@ -174,11 +174,11 @@ def provenance_section(ctx: Context, hashed: list[Path], benchmarks_dir: Path) -
              *((f"machine.{k}", str(v)) for k, v in provenance.machine().items()),
              ("training device(s)", ", ".join(sorted({str(d) for d in ctx.frames['training']['device']}))),
              *((f"latency hardware.{k}", str(v)) for k, v in (ctx.hardware or {}).items()),
-             ("training seeds (params.seeds)", ", ".join(map(str, p["seeds"]))),
-             ("random-subset seeds (evaluate.random_seeds)", ", ".join(map(str, p["evaluate"]["random_seeds"]))),
-             ("synthetic seed (synthetic.seed)", str(p["synthetic"]["seed"])),
-             (f"data split seed (datasets.{p['dataset']}.split_seed)",
-              str(p["datasets"][p["dataset"]].get("split_seed", "–")))]
+             ("training seeds (params.seeds)", ", ".join(map(str, p.seeds))),
+             ("random-subset seeds (evaluate.random_seeds)", ", ".join(map(str, p.evaluate.random_seeds))),
+             ("synthetic seed (synthetic.seed)", str(p.synthetic.seed)),
+             (f"data split seed (datasets.{p.dataset}.split_seed)",
+              "–" if p.dataset_entry.split_seed is None else str(p.dataset_entry.split_seed))]
     blocks = [Block("table", frame=pd.DataFrame(facts, columns=["", "value"]))]
     if git["modified"]:
         blocks.append(Block("pre", text="\n".join(git["modified"][:50]), caption="Modified tracked files"))

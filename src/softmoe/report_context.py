@@ -1,11 +1,12 @@
-"""What every section of the report reads (Context: params, tables, claims, folders, md5 of
-files) and the traceability block under each figure and table: the table files it was drawn
+"""What every section of the report reads (Context: the study's typed params, tables, claims,
+folders, md5 of files) and the traceability block under each figure and table: the table files it was drawn
 from (md5), the steps and the code that made it."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from softmoe import claims, figures, provenance, stages, tables
+from softmoe.params import Study
 from softmoe.render import Block
 
 # table -> the step whose per-run files it collects (then `softmoe tabulate`)
@@ -18,10 +19,11 @@ FIGURE_TABLES = {"fig1_selection_vs_fraction": ["selection"], "fig2_selection_vs
 
 
 class Context:
-    """What every section reads: params, tables, claims, folders, and the md5 of files."""
+    """What every section reads: the study (the report describes its whole setting), tables,
+    claims, folders, and the md5 of files."""
 
-    def __init__(self, params: dict, params_path: Path, tables_dir: Path, figures_dir: Path, claims_json: Path):
-        self.params, self.params_path = params, Path(params_path)
+    def __init__(self, study: Study, params_path: Path, tables_dir: Path, figures_dir: Path, claims_json: Path):
+        self.study, self.params_path = study, Path(params_path)
         self.tables_dir, self.figures_dir = Path(tables_dir), Path(figures_dir)
         self.frames = {name: tables.read(tables_dir, name) for name in tables.SCHEMAS}
         self.claims_path = Path(claims_json)

@@ -15,7 +15,7 @@ from softmoe.report_context import Context, figure, trace
 # ---- E3 ------------------------------------------------------------------------------------------
 def pivot_vs_paper(ctx: Context) -> pd.DataFrame | None:
     """The paper's layout: one row per (method, k), n across; cells 'ours ± 95 % / paper'."""
-    ref_name = paper.REFERENCE.get(ctx.params["dataset"])
+    ref_name = paper.REFERENCE.get(ctx.study.dataset)
     if not ref_name:
         return None
     comp = compare_headlines(ctx.frames["selection"], paper.headlines(ref_name))
@@ -51,7 +51,7 @@ def selection_section(ctx: Context) -> Section:
     blocks = figure(ctx, "fig1_selection_vs_fraction") + figure(ctx, "fig2_selection_vs_n")
     pivot = pivot_vs_paper(ctx)
     if pivot is None:
-        blocks.append(Block("text", text=f"The paper reports no numbers on {ctx.params['dataset']}."))
+        blocks.append(Block("text", text=f"The paper reports no numbers on {ctx.study.dataset}."))
     else:
         images = int(sel["images"].min())
         blocks += [Block("table", frame=pivot, caption=(
@@ -71,7 +71,7 @@ def selection_section(ctx: Context) -> Section:
     tidy = tidy.assign(accuracy=tidy["accuracy"].map(num), ci=tidy["ci"].map(num), std=tidy["std"].map(num))
     blocks.append(Block("table", frame=tidy, collapsed=True,
                         caption="Every (n, k, method) of selection.csv, mean over seeds (ci: 95 % half-width)"))
-    ablation = renormalized_table(means, ctx.params["evaluate"]["fractions"])
+    ablation = renormalized_table(means, ctx.study.evaluate.fractions)
     if ablation is not None:
         blocks.append(Block("table", frame=ablation, caption=(
             "Ablation: combine weights renormalized over the kept experts (not in the paper).")))
@@ -99,9 +99,9 @@ def oracle_section(ctx: Context) -> Section:
     if rows.empty:
         blocks.append(Block("text", text=(
             f"NOT RUN: no oracle rows (C(n, k) exceeds evaluate.oracle_limit = "
-            f"{ctx.params['evaluate']['oracle_limit']} for every n).")))
+            f"{ctx.study.evaluate.oracle_limit} for every n).")))
         return Section(title, blocks)
-    ref = paper.e2_oracle().set_index("n") if paper.REFERENCE.get(ctx.params["dataset"]) == "mnist" else pd.DataFrame()
+    ref = paper.e2_oracle().set_index("n") if paper.REFERENCE.get(ctx.study.dataset) == "mnist" else pd.DataFrame()
     out = []
     for r in rows.itertuples():
         p = ref.loc[int(r.n)] if int(r.n) in ref.index else None
@@ -182,7 +182,7 @@ def latency_section(ctx: Context) -> Section:
 def training_section(ctx: Context) -> Section:
     train = ctx.frames["training"]
     blocks = figure(ctx, "fig6_training_curves") + figure(ctx, "fig6_all_experts_vs_n")
-    ref_name = paper.REFERENCE.get(ctx.params["dataset"])
+    ref_name = paper.REFERENCE.get(ctx.study.dataset)
     ref = paper.headlines(ref_name) if ref_name else pd.DataFrame(columns=["n", "method", "accuracy"])
     ref = ref[(ref["method"] == "all") & ref["n"].notna()]
     ref = dict(zip(ref["n"].astype(int), ref["accuracy"]))
