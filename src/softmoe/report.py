@@ -135,7 +135,6 @@ def scale_warnings(ds: str, entry: Dataset, syn: Synthetic, wide: Wide, ps: dict
     return out
 
 
-
 # ---- entry point -----------------------------------------------------------------------------------
 def _check_dataset(dataset: str, frames: dict, tables_dir: Path) -> None:
     for name in ("selection", "training"):
