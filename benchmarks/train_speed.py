@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from softmoe import train
+from softmoe.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"every_epoch": 0.0, "default": train.CHECKPOINT_EVERY_S}
@@ -31,7 +32,8 @@ def one_run(params: dict, data: Path, n: int, every_s: float, out: Path) -> tupl
     shutil.rmtree(out, ignore_errors=True)
     train.CHECKPOINT_EVERY_S = every_s
     wall, cpu = time.perf_counter(), time.process_time()
-    train.train_run(params, data, n, 0, out)
+    study = Study.of(params)
+    train.train_run(study.train, study.model, study.dataset_entry, data, n, 0, out)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return wall, cpu, hashlib.md5((out / "model.safetensors").read_bytes()).hexdigest()
 

@@ -29,7 +29,7 @@ TINY = {"kind": "astroformer", "embed_dims": [8, 16, 32], "depths": [1, 1, 2], "
 
 
 def tiny(n: int = 4, num_classes: int = 10) -> SoftMoEAstroformer:
-    return build_model({"model": TINY, "train": {"dropout": 0.1}}, n, num_classes)
+    return build_model(P.Model.of(TINY), n, num_classes, dropout=0.1)
 
 
 @pytest.mark.parametrize("n", CIFAR_GRIDS)
@@ -130,16 +130,16 @@ def test_cifar_configs_are_the_papers_recipe():
         P.validate(params)
         t = params["train"]
         assert params["experts"] == grid and params["model"]["kind"] == "astroformer"
-        assert P.astroformer_options(params["model"]) == P.ASTROFORMER_DEFAULTS
+        assert P.Model.of(params["model"]).options() == P.Model.of({"kind": "astroformer"}).options()
         assert (t["optimizer"], t["batch_size"], t["epochs"], t["schedule"], t["warmup_epochs"]) == \
             ("adamw", 800, 500, "cosine", 5)
         assert (t["mixup"], t["label_smoothing"], t["dropout"]) == (0.8, 0.1, 0.1)
         assert t["lr"] == pytest.approx(3e-4 * (800 / 256) ** 0.5, rel=1e-4)
-    ks = {n: P.k_values(n, yaml.safe_load((ROOT / "config/cifar10.yaml").read_text())["evaluate"])
-          for n in (2, 128)}
+    cifar10 = P.Evaluate.of(yaml.safe_load((ROOT / "config/cifar10.yaml").read_text())["evaluate"])
+    ks = {n: cifar10.k_values(n) for n in (2, 128)}
     assert ks[2] == [1] and {1, 2, 3, 4, 5} <= set(ks[128])
-    cifar100 = yaml.safe_load((ROOT / "config/cifar100.yaml").read_text())["evaluate"]
-    assert P.k_values(128, cifar100) == [16, 32, 64] and cifar100["absolute_k"] == []
+    cifar100 = P.Evaluate.of(yaml.safe_load((ROOT / "config/cifar100.yaml").read_text())["evaluate"])
+    assert cifar100.k_values(128) == [16, 32, 64] and cifar100.absolute_k == ()
 
 
 @pytest.fixture
@@ -157,18 +157,18 @@ def cifar_params(tmp_path, monkeypatch) -> dict:
 
 
 def test_tiny_astroformer_prepare_train_evaluate(cifar_params, tmp_path):
-    p = cifar_params
+    p = P.Study.of(cifar_params)
     prepared, run = tmp_path / "data" / "cifar10", tmp_path / "run"
-    data.prepare(p, "cifar10", prepared)
-    metrics = train.train_run(p, prepared, 4, 0, run)
+    data.prepare(p.datasets, "cifar10", prepared)
+    metrics = train.train_run(p.train, p.model, p.dataset_entry, prepared, 4, 0, run)
     assert metrics["steps"] == 6 and np.isfinite(metrics["test_loss"]) and metrics["expert_hidden"] == 16
     assert metrics["params_experts"] == 2 * 4 * (2 * 32 * 16 + 16 + 32)
     meta = evaluate.run_metadata(run)
     assert (meta["kind"], meta["img_size"], meta["n"]) == ("astroformer", "48", "4")
-    model = train.load_trained(run, p, expect={"dataset": "cifar10", "n": 4})
+    model = train.load_trained(run, p.model, expect={"dataset": "cifar10", "n": 4})
     assert isinstance(model, SoftMoEAstroformer) and not model.training
 
-    evaluate.evaluate_run(p, prepared, run, tmp_path / "selection.csv")
+    evaluate.evaluate_run(p.evaluate, p.train, p.model, p.dataset_entry, prepared, run, tmp_path / "selection.csv")
     table = pd.read_csv(tmp_path / "selection.csv")
     for r in (False, True):
         rows = table[table.renormalize == r]
@@ -176,15 +176,13 @@ def test_tiny_astroformer_prepare_train_evaluate(cifar_params, tmp_path):
         assert sorted(rows[rows.method == "random"].k) == [1, 2]
         assert rows[rows.method == "all"].accuracy.item() == pytest.approx(metrics["test_accuracy"])
     assert "oracle" not in set(table.method)                              # generic path: no oracle
-    images, labels = data.load_split(prepared, "test", p)
+    images, labels = data.load_split(prepared, "test", p.dataset_entry)
     with torch.no_grad():                                                 # Algorithm 1 in every layer
-        hits = (model(data.model_inputs(images, p), k=1).argmax(1) == labels).float().mean().item()
+        hits = (model(data.model_inputs(images, p.train, p.model), k=1).argmax(1) == labels).float().mean().item()
     alg1 = table[(table.method == "alg1") & (table.k == 1) & (~table.renormalize)]
     assert alg1.accuracy.item() == pytest.approx(hits)
-    wider = copy.deepcopy(p)                                              # a model of other params
-    wider["model"]["embed_dims"] = [8, 16, 64]
+    wider = P.Model.of({**TINY, "embed_dims": [8, 16, 64]})              # a model of other params
     with pytest.raises(UserError, match="weights do not fit the model of params.yaml"):
         train.load_trained(run, wider)
-    wider["model"].update(embed_dims=TINY["embed_dims"], img_size=64)
     with pytest.raises(UserError, match="img_size='48' \\(expected '64'\\)"):
-        train.load_trained(run, wider)
+        train.load_trained(run, P.Model.of({**TINY, "img_size": 64}))

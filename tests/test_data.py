@@ -314,7 +314,7 @@ def test_model_inputs_normalize_with_params(params):
 def test_model_inputs_resize_for_vit(params):
     params["model"] = {"kind": "vit", "img_size": 96}
     params["train"].update(normalize_mean=[0.5] * 3, normalize_std=[0.5] * 3)
-    x = data.model_inputs(torch.full((2, 3, 32, 32), 255, dtype=torch.uint8), params)
+    x = _inputs(torch.full((2, 3, 32, 32), 255, dtype=torch.uint8), params)
     assert x.shape == (2, 3, 96, 96) and torch.allclose(x, torch.ones_like(x))
 
 

@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from softmoe import data, train
+from softmoe.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFTMOE = Path(sys.executable).with_name("softmoe")
@@ -30,7 +31,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update(max_steps=24, batch_size=256, accelerator="cpu")
     prepared = tmp_path / "mnist5k"
-    data.prepare(params, "mnist5k", prepared)
+    data.prepare(Study.of(params).datasets, "mnist5k", prepared)
     ddp = {**params, "train": {**params["train"], "devices": 2, "strategy": "ddp"}}
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(ddp))
     command = [str(SOFTMOE if SOFTMOE.exists() else shutil.which("softmoe")), "train",
@@ -41,7 +42,9 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MEMBER: 2/2" in done.stderr                      # really two processes
 
-    single = train.train_run(params, prepared, 8, 0, tmp_path / "single")     # conftest: 1 thread
+    study = Study.of(params)
+    single = train.train_run(study.train, study.model, study.dataset_entry, prepared, 8, 0,
+                             tmp_path / "single")                               # conftest: 1 thread
     both = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert both["steps"] == single["steps"] == 24 and both["epochs"] == single["epochs"] == 2
     assert abs(both["test_accuracy"] - single["test_accuracy"]) <= 0.002

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from softmoe import evaluate, stats, summary, tables
 from softmoe.errors import UserError
 from softmoe.models import MnistSoftMoE
-from softmoe.params import k_values
+from softmoe.params import Evaluate, Study
 from softmoe.selection import random_experts, select_experts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +27,16 @@ def base_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def eval_cfg(**changes) -> dict:
-    cfg = copy.deepcopy(base_params()["evaluate"])
-    cfg.update(changes)
-    return cfg
+def eval_cfg(**changes) -> Evaluate:
+    """params.evaluate of the study with these keys changed."""
+    return Evaluate.of({**base_params()["evaluate"], **changes})
+
+
+def evaluate_run(params: dict, data_dir: Path, run_dir: Path, out: Path) -> None:
+    """evaluate.evaluate_run with the sections of a params mapping."""
+    study = Study.of(params)
+    evaluate.evaluate_run(study.evaluate, study.train, study.model, study.dataset_entry, data_dir,
+                          run_dir, out)
 
 
 def mnist_inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +180,7 @@ def study(toy, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     params = base_params()
     params["experts"] = [TOY_N]
-    data.prepare(params, "mnist5k", root / "data")
+    data.prepare(Study.of(params).datasets, "mnist5k", root / "data")
     run = root / "run"
     run.mkdir()
     model = toy[0]
@@ -188,11 +194,11 @@ def study(toy, tmp_path_factory):
 def test_evaluate_run_writes_the_tidy_rows(study):
     params, root = study
     out = root / "eval" / "n8-s0.csv"
-    evaluate.evaluate_run(params, root / "data", root / "run", out)
+    evaluate_run(params, root / "data", root / "run", out)
     table = pd.read_csv(out)
     assert list(table.columns) == tables.columns("selection")
     assert (table["images"] == 1000).all()                             # mnist5k's test split
-    ks = k_values(TOY_N, params["evaluate"])
+    ks = Evaluate.of(params["evaluate"]).k_values(TOY_N)
     per_mode = 1 + 2 * len(ks) + 1                                     # all, alg1 and random per k, oracle
     assert len(table) == 2 * per_mode == 32
     assert set(table["renormalize"]) == {False, True}
@@ -214,7 +220,7 @@ def test_evaluate_run_refuses_another_dataset(study):
     other = copy.deepcopy(params)
     other["dataset"] = "mnist"
     with pytest.raises(UserError, match="dataset"):
-        evaluate.evaluate_run(other, root / "data", root / "run", root / "bad.csv")
+        evaluate_run(other, root / "data", root / "run", root / "bad.csv")
     assert not (root / "bad.csv").exists()
 
 
@@ -222,7 +228,7 @@ def test_summarize_headline_metrics(study):
     params, root = study
     out = root / "eval" / "n8-s0.csv"
     if not out.exists():
-        evaluate.evaluate_run(params, root / "data", root / "run", out)
+        evaluate_run(params, root / "data", root / "run", out)
     tables = root / "tables"
     tables.mkdir(exist_ok=True)
     selection = pd.read_csv(out)

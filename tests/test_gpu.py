@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 from test_layer import make, reference
-from test_train import _Diverging
+from test_train import _Diverging, _train
 
 from softmoe import evaluate, latency, timing, train
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
+from softmoe.params import Latency, Study, Wide
 from softmoe.selection import random_experts, select_experts
 
 pytestmark = [pytest.mark.gpu,
@@ -39,6 +40,7 @@ def params() -> dict:
 @pytest.mark.parametrize("mode", ["all", "keep", "keep-renormalized"])
 def test_layer_on_cuda_matches_the_float64_loop(monkeypatch, tokens_form, mode):
     from softmoe.layer import SoftMoE
+from softmoe.params import Latency, Study, Wide
     monkeypatch.setattr(SoftMoE, "token_side", lambda self, m: tokens_form)
     layer = make(n=6, p=2, dim=16, hidden=24, bias=True, activation="gelu")
     x = torch.randn(5, 9, 16, dtype=torch.float64)
@@ -84,27 +86,29 @@ def test_real_cuda_out_of_memory_says_reduce_batch_size(params, mnist5k, tmp_pat
     torch.cuda.set_per_process_memory_fraction(0.001)
     try:
         with pytest.raises(UserError, match=r"out of GPU memory with train.batch_size=4000: reduce"):
-            train.train_run(params, mnist5k, 512, 0, tmp_path)
+            _train(params, mnist5k, 512, 0, tmp_path)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
 
 
 def test_nan_loss_on_cuda_stops_naming_the_step(params, mnist5k, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "build_model", lambda p, n, classes, chans: _Diverging(n, classes))
+    monkeypatch.setattr(train, "build_model", lambda model, n, classes, chans, dropout: _Diverging(n, classes))
     with pytest.raises(UserError, match=r"train loss became nan at step 12 .*last good checkpoint"):
-        train.train_run(params, mnist5k, 2, 0, tmp_path)
+        _train(params, mnist5k, 2, 0, tmp_path)
 
 
 def test_a_gpu_trained_model_evaluates_the_same_on_cpu_and_cuda(params, mnist5k, tmp_path, monkeypatch):
-    metrics = train.train_run(params, mnist5k, 16, 0, tmp_path)
+    metrics = _train(params, mnist5k, 16, 0, tmp_path)
     assert metrics["test_accuracy"] > 0.5
-    model = train.load_trained(tmp_path, params, {"n": 16})
-    total, batches = evaluate._test_batches(params, mnist5k)
+    study = Study.of(params)
+    model = train.load_trained(tmp_path, study.model, {"n": 16})
+    total, batches = evaluate._test_batches(study.evaluate.batch_size, study.train, study.model,
+                                            study.dataset_entry, mnist5k)
     batches, tables = list(batches), {}
     for device in ("cpu", "cuda"):
         monkeypatch.setattr(evaluate, "DEVICE", torch.device(device))
-        tables[device] = evaluate.selection_table(model, batches, total, params["evaluate"])
+        tables[device] = evaluate.selection_table(model, batches, total, study.evaluate)
     cpu, gpu = tables["cpu"], tables["cuda"]
     assert len(cpu) == len(gpu) > 0
     full = cpu[(cpu.method == "all")].accuracy.iloc[0]
@@ -115,8 +119,8 @@ def test_a_gpu_trained_model_evaluates_the_same_on_cpu_and_cuda(params, mnist5k,
 
 
 def test_latency_times_the_keep_path_on_cuda():
-    wide = dict(experts=8, hidden_per_expert=512, dim=64, tokens=16, layers=2, width=1.0)
-    cfg = dict(fractions=[1.0, 0.25], batch_sizes=[1, 8], warmup=2, repeats=5)
+    wide = Wide.of(dict(experts=8, hidden_per_expert=512, dim=64, tokens=16, layers=2, width=1.0))
+    cfg = Latency.of(dict(fractions=[1.0, 0.25], batch_sizes=[1, 8], warmup=2, repeats=5, wide=wide.raw))
     rows = latency.time_config("wide", latency.wide_layers(wide), (16, 64), cfg, CUDA)
     assert {r["device"] for r in rows} == {"cuda"}
     assert {(r["config"], r["batch"], r["k"]) for r in rows} == {

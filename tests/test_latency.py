@@ -11,16 +11,13 @@ from safetensors.torch import save_file
 from softmoe import latency, tables, timing
 from softmoe.layer import SoftMoE
 from softmoe.models import MnistSoftMoE
+from softmoe.params import Latency, Model, Wide
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDE = {"experts": 4, "hidden_per_expert": 256, "dim": 16, "tokens": 5, "layers": 2, "width": 0.5}
-
-
-def small_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["latency"] = {"fractions": [1.0, 0.5, 0.25, 0.125], "batch_sizes": [1, 8], "warmup": 1,
-                         "repeats": 3, "wide": WIDE}
-    return params
+WIDE = Wide.of({"experts": 4, "hidden_per_expert": 256, "dim": 16, "tokens": 5, "layers": 2, "width": 0.5})
+SMALL = Latency.of({"fractions": [1.0, 0.5, 0.25, 0.125], "batch_sizes": [1, 8], "warmup": 1,
+                    "repeats": 3, "wide": WIDE.raw})
+MODEL = Model.of(yaml.safe_load((ROOT / "params.yaml").read_text())["model"])
 
 
 def save_run(run: Path, n: int) -> None:
@@ -36,7 +33,7 @@ def test_measure_writes_rows_and_hardware(tmp_path):
     run = tmp_path / "train" / "n4-s0"
     save_run(run, 4)
     out, hardware = tmp_path / "latency.csv", tmp_path / "hardware.json"
-    latency.measure(small_params(), [run], out, hardware)
+    latency.measure(SMALL, MODEL, [run], out, hardware)
     table = pd.read_csv(out)
     assert list(table.columns) == tables.columns("latency")
     # n=4: k = 4, 2, 1 (0.25 and 0.125 both give k=1, counted once), at 2 batch sizes, 2 configs
@@ -90,7 +87,7 @@ def test_run_layers_chains_and_selects():
 
 def test_time_config_rows_per_precision():
     """CPU: fp32 rows only, under the configuration's own name; each k timed and counted."""
-    cfg = {"fractions": [1.0, 0.5], "batch_sizes": [2], "warmup": 1, "repeats": 2}
+    cfg = SMALL.replaced(fractions=[1.0, 0.5], batch_sizes=[2], repeats=2)
     rows = latency.time_config("wide", latency.wide_layers(WIDE), (5, 16), cfg, torch.device("cpu"))
     assert [(r["config"], r["k"], r["repeats"]) for r in rows] == [("wide", 4, 2), ("wide", 2, 2)]
     assert rows[1]["flops"] < rows[0]["flops"] and rows[0]["ratio"] == 1.0
@@ -100,5 +97,5 @@ def test_measure_refuses_a_missing_run(tmp_path):
     from softmoe.errors import UserError
 
     with pytest.raises(UserError, match="model.safetensors"):
-        latency.measure(small_params(), [tmp_path / "nope"], tmp_path / "l.csv", tmp_path / "h.json")
+        latency.measure(SMALL, MODEL, [tmp_path / "nope"], tmp_path / "l.csv", tmp_path / "h.json")
     assert not (tmp_path / "l.csv").exists()

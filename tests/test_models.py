@@ -10,6 +10,7 @@ from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 from softmoe.models import (MnistSoftMoE, NormRegressor, SoftMoEViT, build_model, count_parameters,
                             expert_hidden)
+from softmoe.params import Model
 from softmoe.selection import random_experts, select_experts
 
 MNIST_GRID = [2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -186,18 +187,17 @@ def test_vit_keep_applies_in_every_moe_layer():
 
 
 def test_build_model():
-    mnist = build_model({"model": {"kind": "mnist"}}, 16, 10)
+    mnist = build_model(Model.of({"kind": "mnist"}), 16, 10)
     assert isinstance(mnist, MnistSoftMoE) and count_parameters(mnist)["total"] == 318_305
-    params = {"model": {"kind": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
-                        "num_heads": 2, "moe_blocks": 1, "expert_mult": 8},
-              "train": {"dropout": 0.1}}
-    vit = build_model(params, 4, 100)
+    model = Model.of({"kind": "vit", "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
+                      "num_heads": 2, "moe_blocks": 1, "expert_mult": 8})
+    vit = build_model(model, 4, 100, dropout=0.1)
     assert isinstance(vit, SoftMoEViT) and vit.vit.head.out_features == 100
     assert vit.num_experts == 4                    # evaluate.selection_table reads it
     assert vit.vit.head_drop.p == 0.1
     assert sum(isinstance(m, SoftMoE) for m in vit.modules()) == 1
     with pytest.raises(UserError, match="model.kind"):
-        build_model({"model": {"kind": "resnet"}}, 4, 10)
+        build_model(Model.of({"kind": "resnet"}), 4, 10)
 
 
 def test_import_torchvision_in_a_fresh_process():

@@ -287,14 +287,16 @@ def _set_writable(roots: tuple[Path, ...], writable: bool) -> None:
 def trained(tmp_path_factory):
     """A tiny trained run (n=4, seed 0: 20 steps on 600 images), its data and params file."""
     from softmoe import data, train
+    from softmoe.params import Study
 
     root = tmp_path_factory.mktemp("shared")
     params = tiny_params()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    data.prepare(params, "mnist5k", root / "data")
-    train.train_run(params, root / "data", 4, 0, root / "run")
+    study = Study.of(params)
+    data.prepare(study.datasets, "mnist5k", root / "data")
+    train.train_run(study.train, study.model, study.dataset_entry, root / "data", 4, 0, root / "run")
     assert {p.name for p in (root / "run").iterdir()} >= {"model.safetensors", "checkpoints", "dvclive"}
-    return root, params
+    return root, study
 
 
 @pytest.mark.e2e
@@ -302,9 +304,10 @@ def trained(tmp_path_factory):
 def test_two_evaluations_of_one_read_only_checkpoint_run_at_once(trained, tmp_path):
     from softmoe import evaluate
 
-    root, params = trained
+    root, study = trained
     data_dir, run_dir = root / "data", root / "run"
-    evaluate.evaluate_run(params, data_dir, run_dir, tmp_path / "sequential.csv")
+    evaluate.evaluate_run(study.evaluate, study.train, study.model, study.dataset_entry, data_dir, run_dir,
+                          tmp_path / "sequential.csv")
     model_sha = hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
     work = tmp_path / "work"                       # one working directory for both, as a project
     work.mkdir()

@@ -113,11 +113,11 @@ def test_default_study_has_three_seeds_and_both_variances():
 
 
 def test_k_values():
-    """params.k_values delegates to stats.k_values (equal to the old rule: tests/test_stats.py)."""
+    """Evaluate.k_values delegates to stats.k_values (equal to the old rule: tests/test_stats.py)."""
     ev = dict(BASE["evaluate"], every_k=False, absolute_k=[1, 5])
-    assert P.k_values(8, ev) == [1, 2, 4, 5]
-    assert P.k_values(2, ev) == [1]
-    assert P.k_values(4, dict(ev, every_k=True)) == [1, 2, 3]
+    assert P.Evaluate.of(ev).k_values(8) == [1, 2, 4, 5]
+    assert P.Evaluate.of(ev).k_values(2) == [1]
+    assert P.Evaluate.of(dict(ev, every_k=True)).k_values(4) == [1, 2, 3]
 
 
 def _schema_node(path: str) -> dict:

@@ -30,7 +30,6 @@ def _old_k_values(n: int, evaluate: dict) -> list[int]:
 ])
 def test_k_values_equal_the_old_behaviour(evaluate):
     for n in range(1, 600):
-        assert params_mod.k_values(n, evaluate) == _old_k_values(n, evaluate), n
         assert stats.k_values(n, evaluate["fractions"], evaluate["absolute_k"], evaluate["every_k"]) == \
             _old_k_values(n, evaluate), n
 
@@ -38,7 +37,7 @@ def test_k_values_equal_the_old_behaviour(evaluate):
 def test_k_at_matches_the_evaluated_k():
     ev = sample_params()["evaluate"]
     for n in (2, 3, 4, 8, 12, 100, 512):
-        expected = set(params_mod.k_values(n, {**ev, "every_k": False, "absolute_k": []}))
+        expected = set(params_mod.Evaluate.of({**ev, "every_k": False, "absolute_k": []}).k_values(n))
         assert {stats.k_at(n, f) for f in ev["fractions"]} - {None} == expected, n
     assert stats.k_at(2, 0.25) is None and stats.k_at(8, 1.0) is None and stats.k_at(12, 0.125) == 1
 

@@ -18,16 +18,16 @@ from safetensors.torch import load_file
 
 from softmoe import synthetic
 from softmoe.errors import UserError
+from softmoe.params import Synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = {"batch_size": 1000, "steps": 250, "lr": 0.01}
 VARIANCE = 5.0          # x ~ N(0, 5·I), as `softmoe synthetic --variance 5` passes it
 
 
-def _params(**synthetic_overrides) -> dict:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["synthetic"].update(synthetic_overrides)
-    return p
+def _synthetic(**overrides) -> Synthetic:
+    """params.synthetic of the study with these keys changed."""
+    return Synthetic.of({**yaml.safe_load((ROOT / "params.yaml").read_text())["synthetic"], **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,12 @@ def runs(tmp_path_factory) -> dict:
     """n=1 and n=10 for both tokenizations, trained once for this module (before conftest's
     per-test reset, hence the thread count here)."""
     torch.set_num_threads(1)
-    p, root = _params(**SHORT), tmp_path_factory.mktemp("synthetic")
+    p, root = _synthetic(**SHORT), tmp_path_factory.mktemp("synthetic")
     folders = {}
     for tokens in ("5x2", "2x5"):
         for n in (1, 10):
             folders[tokens, n] = root / tokens / f"n{n}"
-            synthetic.train_synthetic(p, VARIANCE, tokens, n, folders[tokens, n])
+            synthetic.train_synthetic(p, "auto", VARIANCE, tokens, n, folders[tokens, n])
     return folders
 
 
@@ -71,33 +71,32 @@ def test_outputs_follow_the_file_contract(runs, tokens, dim):
 
 
 def test_same_seed_same_run(tmp_path):
-    p = _params(batch_size=500, steps=20, lr=0.01)
+    p = _synthetic(batch_size=500, steps=20, lr=0.01)
     for run in ("a", "b"):
-        synthetic.train_synthetic(p, VARIANCE, "5x2", 2, tmp_path / run)
+        synthetic.train_synthetic(p, "auto", VARIANCE, "5x2", 2, tmp_path / run)
     assert (tmp_path / "a/loss.csv").read_text() == (tmp_path / "b/loss.csv").read_text()
     wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the other reading of N(0, 5I): same seed, larger inputs, a larger loss; the variance is recorded
-    synthetic.train_synthetic(p, 25.0, "5x2", 2, tmp_path / "v25")
+    synthetic.train_synthetic(p, "auto", 25.0, "5x2", 2, tmp_path / "v25")
     first = [pd.read_csv(tmp_path / f"{r}/loss.csv")["loss"].iloc[:5].mean() for r in ("a", "v25")]
     assert first[1] > 2 * first[0]
     assert json.loads((tmp_path / "v25/metrics.json").read_text())["variance"] == 25.0
-    p["synthetic"]["seed"] = 1
-    synthetic.train_synthetic(p, VARIANCE, "5x2", 2, tmp_path / "c")
+    p = p.replaced(seed=1)
+    synthetic.train_synthetic(p, "auto", VARIANCE, "5x2", 2, tmp_path / "c")
     assert (tmp_path / "a/loss.csv").read_text() != (tmp_path / "c/loss.csv").read_text()
 
 
 @pytest.mark.parametrize("tokens", ["5x2", "2x5"])
 def test_proof_check_slot_inputs_converge_while_norms_separate(runs, tokens, tmp_path):
-    p = _params()
+    scales = _synthetic().proof_scales
     out = tmp_path / "proof.csv"
-    synthetic.proof_check(p, runs[tokens, 1], out)
+    synthetic.proof_check(scales, runs[tokens, 1], out)
     proof = pd.read_csv(out)
     assert list(proof.columns) == ["case", "a", "slot_gap", "norm_gap", "abs_error_A", "abs_error_B"]
-    scales = p["synthetic"]["proof_scales"]
     for case, ratio in (("phi_pos", math.sqrt(2) - 1), ("phi_zero", 1 - 1 / math.sqrt(2))):
         rows = proof[proof["case"] == case]
-        assert rows["a"].tolist() == scales
+        assert rows["a"].tolist() == list(scales)
         assert rows["norm_gap"].tolist() == pytest.approx([a * ratio for a in scales], rel=1e-12)
         # equal slot inputs give equal predictions, so the two errors add up to the norm gap
         big = rows[rows["slot_gap"] < 1e-9]
@@ -111,6 +110,6 @@ def test_proof_check_slot_inputs_converge_while_norms_separate(runs, tokens, tmp
 
 def test_proof_check_refuses_other_models(runs, tmp_path):
     with pytest.raises(UserError, match="n=1 model, this one has n=10"):
-        synthetic.proof_check(_params(), runs["5x2", 10], tmp_path / "p.csv")
+        synthetic.proof_check(_synthetic().proof_scales, runs["5x2", 10], tmp_path / "p.csv")
     with pytest.raises(UserError, match="not found"):
-        synthetic.proof_check(_params(), tmp_path, tmp_path / "p.csv")
+        synthetic.proof_check(_synthetic().proof_scales, tmp_path, tmp_path / "p.csv")

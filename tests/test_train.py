@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from softmoe import data, tables, train
 from softmoe.errors import UserError
 from softmoe.models import MnistSoftMoE
+from softmoe.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = {"wall_time_s"}          # metrics that may differ between identical runs
@@ -33,6 +34,16 @@ def params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["train"].update(max_steps=40, batch_size=512)
     return p
+
+
+def _train(params: dict, data_dir: Path, n: int, seed: int, out: Path) -> dict:
+    """train.train_run with the sections of a params mapping (built per call: tests edit it)."""
+    study = Study.of(params)
+    return train.train_run(study.train, study.model, study.dataset_entry, data_dir, n, seed, out)
+
+
+def _model(params: dict):
+    return Study.of(params).model
 
 
 def _metrics(run: Path) -> dict:
@@ -66,7 +77,7 @@ def _crash_at(monkeypatch, step: int) -> list[int]:
 
 # ---- outputs and reproducibility -----------------------------------------------------------
 def test_outputs_follow_the_file_contract(params, mnist5k, tmp_path, capsys):
-    metrics = train.train_run(params, mnist5k, 16, 0, tmp_path)
+    metrics = _train(params, mnist5k, 16, 0, tmp_path)
     assert set(metrics) == {"dataset", "n", "seed", "test_accuracy", "test_loss", "train_loss",
                             "params_total", "params_experts", "expert_hidden", "epochs", "steps",
                             "wall_time_s", "device", "threads"}
@@ -85,8 +96,11 @@ def test_outputs_follow_the_file_contract(params, mnist5k, tmp_path, capsys):
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
         assert f.metadata() == {"dataset": "mnist5k", "n": "16", "seed": "0", "kind": "mnist",
                                 "num_classes": "10", "img_size": "28", "in_chans": "1"}
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    run = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["softmoe"]["run"]
+    assert run["model"] == params["model"]                   # the sections as the file gives them:
+    assert run["train"] == {k: v for k, v in params["train"].items()   # older checkpoints resume
+                            if k not in train.HARDWARE_KEYS}
     dvclive = tmp_path / "dvclive" / "plots" / "metrics" / "test" / "accuracy.tsv"
     assert len(dvclive.read_text().splitlines()) == 1 + 5     # one point per epoch
     err = capsys.readouterr().err
@@ -96,8 +110,8 @@ def test_outputs_follow_the_file_contract(params, mnist5k, tmp_path, capsys):
 def test_fixed_seed_is_bitwise_reproducible(params, mnist5k, tmp_path):
     params["train"]["max_steps"] = 12
     for run in ("a", "b"):
-        train.train_run(params, mnist5k, 4, 0, tmp_path / run)
-    train.train_run(params, mnist5k, 4, 1, tmp_path / "other-seed")
+        _train(params, mnist5k, 4, 0, tmp_path / run)
+    _train(params, mnist5k, 4, 1, tmp_path / "other-seed")
     assert _same_weights(tmp_path / "a", tmp_path / "b")
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
     assert (tmp_path / "a" / "curves.csv").read_text() == (tmp_path / "b" / "curves.csv").read_text()
@@ -105,41 +119,41 @@ def test_fixed_seed_is_bitwise_reproducible(params, mnist5k, tmp_path):
 
 
 def test_resume_after_kill_ends_like_an_uninterrupted_run(params, mnist5k, tmp_path, monkeypatch):
-    train.train_run(params, mnist5k, 8, 0, tmp_path / "straight")
+    _train(params, mnist5k, 8, 0, tmp_path / "straight")
     ran = _crash_at(monkeypatch, 21)                          # mid-epoch 3 (8 steps per epoch)
     with pytest.raises(Crash):
-        train.train_run(params, mnist5k, 8, 0, tmp_path / "killed")
+        _train(params, mnist5k, 8, 0, tmp_path / "killed")
     saved = torch.load(tmp_path / "killed/checkpoints/last.ckpt", weights_only=True)
     assert saved["global_step"] == 16 and not (tmp_path / "killed/metrics.json").exists()
     monkeypatch.undo()
     ran = _crash_at(monkeypatch, -1)                          # count the steps of the rerun
-    train.train_run(params, mnist5k, 8, 0, tmp_path / "killed")
+    _train(params, mnist5k, 8, 0, tmp_path / "killed")
     assert ran == list(range(16, 40))                         # continued, did not restart
     assert _same_weights(tmp_path / "straight", tmp_path / "killed")
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "killed")
     assert (tmp_path / "straight/curves.csv").read_text() == (tmp_path / "killed/curves.csv").read_text()
     ran.clear()
-    train.train_run(params, mnist5k, 8, 0, tmp_path / "killed")   # finished: nothing to redo
+    _train(params, mnist5k, 8, 0, tmp_path / "killed")   # finished: nothing to redo
     assert ran == [] and _same_weights(tmp_path / "straight", tmp_path / "killed")
 
 
 def test_checkpoint_of_another_run_is_refused(params, mnist5k, tmp_path):
     params["train"]["max_steps"] = 8
-    train.train_run(params, mnist5k, 2, 0, tmp_path)
+    _train(params, mnist5k, 2, 0, tmp_path)
     with pytest.raises(UserError, match=r"last\.ckpt: checkpoint of another run \(n: 2 \(now 4\)\).*delete"):
-        train.train_run(params, mnist5k, 4, 0, tmp_path)
+        _train(params, mnist5k, 4, 0, tmp_path)
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
     with pytest.raises(UserError, match="unreadable checkpoint"):
-        train.train_run(params, mnist5k, 2, 0, tmp_path)
+        _train(params, mnist5k, 2, 0, tmp_path)
 
 
 def test_checkpoint_under_another_recipe_is_set_aside_not_resumed(params, mnist5k, tmp_path, capsys):
     """After a params change (Snakemake/DVC rerun the step), the old checkpoint is not used."""
     params["train"]["max_steps"] = 8
-    train.train_run(params, mnist5k, 2, 0, tmp_path / "a")
+    _train(params, mnist5k, 2, 0, tmp_path / "a")
     params["train"]["lr"] = 0.01
-    fresh = train.train_run(params, mnist5k, 2, 0, tmp_path / "b")
-    again = train.train_run(params, mnist5k, 2, 0, tmp_path / "a")
+    fresh = _train(params, mnist5k, 2, 0, tmp_path / "b")
+    again = _train(params, mnist5k, 2, 0, tmp_path / "a")
     assert "training from the start" in capsys.readouterr().err
     assert (tmp_path / "a/checkpoints/last.ckpt.stale").is_file()
     assert again["test_accuracy"] == fresh["test_accuracy"] and _same_weights(tmp_path / "a", tmp_path / "b")
@@ -162,10 +176,10 @@ class _Diverging(MnistSoftMoE):
 
 
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(params, mnist5k, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "build_model", lambda p, n, classes, chans: _Diverging(n, classes))
+    monkeypatch.setattr(train, "build_model", lambda model, n, classes, chans, dropout: _Diverging(n, classes))
     with pytest.raises(UserError, match=r"train loss became nan at step 12 \(epoch 2\).*"
                                         r"last good checkpoint: .*last\.ckpt.*train\.lr"):
-        train.train_run(params, mnist5k, 2, 0, tmp_path)
+        _train(params, mnist5k, 2, 0, tmp_path)
     assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 8
 
 
@@ -174,30 +188,31 @@ def test_cuda_out_of_memory_says_reduce_batch_size(params, mnist5k, tmp_path, mo
         raise torch.OutOfMemoryError("CUDA out of memory")
     monkeypatch.setattr(train.pl.Trainer, "fit", oom)
     with pytest.raises(UserError, match="reduce train.batch_size"):
-        train.train_run(params, mnist5k, 2, 0, tmp_path)
+        _train(params, mnist5k, 2, 0, tmp_path)
 
 
 # ---- load_trained --------------------------------------------------------------------------
 def test_load_trained_returns_the_weights_and_refuses_other_runs(params, mnist5k, tmp_path):
     params["train"]["max_steps"] = 8
-    train.train_run(params, mnist5k, 4, 0, tmp_path)
-    model = train.load_trained(tmp_path, params, expect={"dataset": "mnist5k", "n": 4, "seed": 0})
+    _train(params, mnist5k, 4, 0, tmp_path)
+    model = train.load_trained(tmp_path, _model(params), expect={"dataset": "mnist5k", "n": 4, "seed": 0})
     assert not model.training and model.moe.num_experts == 4
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     images, labels = data.load_split(mnist5k, "test")
     with torch.no_grad():
-        accuracy = (model(data.model_inputs(images, params)).argmax(1) == labels).sum().item() / len(labels)
+        inputs = data.model_inputs(images, Study.of(params).train, _model(params))
+        accuracy = (model(inputs).argmax(1) == labels).sum().item() / len(labels)
     assert accuracy == json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"]
     with pytest.raises(UserError, match=r"n='4' \(expected '8'\)"):
-        train.load_trained(tmp_path, params, expect={"n": 8})
+        train.load_trained(tmp_path, _model(params), expect={"n": 8})
     with pytest.raises(UserError, match=r"dataset='mnist5k' \(expected 'cifar10'\)"):
-        train.load_trained(tmp_path, params, expect={"dataset": "cifar10"})
+        train.load_trained(tmp_path, _model(params), expect={"dataset": "cifar10"})
     params["model"] = {"kind": "vit"}
     with pytest.raises(UserError, match=r"kind='mnist' \(expected 'vit'\)"):
-        train.load_trained(tmp_path, params)
+        train.load_trained(tmp_path, _model(params))
     with pytest.raises(UserError, match="not found"):
-        train.load_trained(tmp_path / "missing", params)
+        train.load_trained(tmp_path / "missing", _model(params))
 
 
 # ---- the ViT recipe: LAMB, cosine + warmup, mixup/cutmix, label smoothing, dropout ----------
@@ -236,22 +251,22 @@ def tiny_vit(tmp_path):
 
 def test_vit_recipe_resumes_bitwise_with_random_augmentation(tiny_vit, tmp_path, monkeypatch):
     p, prepared = tiny_vit
-    straight = train.train_run(p, prepared, 4, 0, tmp_path / "straight")
+    straight = _train(p, prepared, 4, 0, tmp_path / "straight")
     assert straight["steps"] == 14 and straight["epochs"] == 4   # 68 images: 4 full batches of 16
     assert np.isfinite(straight["test_loss"])
     _crash_at(monkeypatch, 10)
     with pytest.raises(Crash):
-        train.train_run(p, prepared, 4, 0, tmp_path / "killed")
+        _train(p, prepared, 4, 0, tmp_path / "killed")
     saved = torch.load(tmp_path / "killed/checkpoints/last.ckpt", weights_only=True)
     assert saved["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(      # warmup 4, cosine to 14
         0.003 * train.lr_factor(8, 14, 4, "cosine"))
     monkeypatch.undo()
-    train.train_run(p, prepared, 4, 0, tmp_path / "killed")
+    _train(p, prepared, 4, 0, tmp_path / "killed")
     assert _same_weights(tmp_path / "straight", tmp_path / "killed")
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "killed")
     with safe_open(str(tmp_path / "straight" / "model.safetensors"), framework="pt") as f:
         assert f.metadata()["img_size"] == "16" and f.metadata()["in_chans"] == "3"
-    model = train.load_trained(tmp_path / "straight", p, expect={"dataset": "cifar10", "n": 4})
+    model = train.load_trained(tmp_path / "straight", _model(p), expect={"dataset": "cifar10", "n": 4})
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
 
 
@@ -282,7 +297,7 @@ def test_cli_killed_with_sigkill_resumes_on_rerun(params, mnist5k, tmp_path):
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming {run / 'checkpoints' / 'last.ckpt'} (step {step})" in rerun.stderr
-    train.train_run(params, mnist5k, 4, 0, tmp_path / "straight")
+    _train(params, mnist5k, 4, 0, tmp_path / "straight")
     assert _same_weights(tmp_path / "straight", run)
     assert _metrics(tmp_path / "straight") == _metrics(run)
 
@@ -303,5 +318,5 @@ def test_a_planted_malicious_checkpoint_is_refused_and_never_run(params, mnist5k
     (tmp_path / "run/checkpoints").mkdir(parents=True)
     torch.save({"state_dict": _Payload(marker)}, tmp_path / "run/checkpoints/last.ckpt")
     with pytest.raises(UserError, match="last.ckpt: unreadable checkpoint"):
-        train.train_run(params, mnist5k, 2, 0, tmp_path / "run")
+        _train(params, mnist5k, 2, 0, tmp_path / "run")
     assert not marker.exists()

@@ -3,26 +3,26 @@ instead of its optimizer steps, then evaluated like the grid, so that the report
 matching steps changes on a small training set."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from softmoe import evaluate, tables, train
+from softmoe.params import Calibration, Study, Train
 
 
-def paper_epochs_recipe(params: dict) -> dict:
-    """params with train.max_steps off and train.epochs = calibration.epochs."""
-    recipe = copy.deepcopy(params)
-    recipe["train"].update(max_steps=None, epochs=params["calibration"]["epochs"])
-    return recipe
+def paper_epochs_recipe(recipe: Train, calibration: Calibration) -> Train:
+    """params.train with max_steps off and epochs = calibration.epochs."""
+    return recipe.replaced(max_steps=None, epochs=calibration.epochs)
 
 
-def calibrate(params: dict, data_dir: Path, n: int, seed: int, out: Path) -> None:
+def calibrate(study: Study, data_dir: Path, n: int, seed: int, out: Path) -> None:
     """Train (or resume) the n-expert model for calibration.epochs epochs into `out` and write
-    out/selection.csv: its selection rows with the epochs and steps it trained."""
-    recipe = paper_epochs_recipe(params)
-    metrics = train.train_run(recipe, data_dir, n, seed, Path(out))
+    out/selection.csv: its selection rows with the epochs and steps it trained. Reads the
+    study's calibration, train, model, evaluate and dataset entry."""
+    recipe = paper_epochs_recipe(study.train, study.calibration)
+    metrics = train.train_run(recipe, study.model, study.dataset_entry, data_dir, n, seed, Path(out))
     if not metrics:          # a non-zero rank of a multi-process run
         return
-    frame = evaluate.selection_rows(recipe, data_dir, Path(out))
+    frame = evaluate.selection_rows(study.evaluate, recipe, study.model, study.dataset_entry,
+                                    data_dir, Path(out))
     frame["epochs"], frame["steps"] = metrics["epochs"], metrics["steps"]
     tables.write(Path(out) / "selection.csv", frame, "calibration")

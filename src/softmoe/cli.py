@@ -1,7 +1,8 @@
 """`softmoe <step>`: the one entry point that Snakemake rules, DVC stages and people call.
 
-Each step parses paths, validates params.yaml, and calls one room of the package. Rooms are
-imported inside the step so that light steps do not pay for importing Lightning."""
+Each step parses paths, validates params.yaml into its typed sections (softmoe.params.Study,
+built once), and calls one room of the package with the sections it reads. Rooms are imported
+inside the step so that light steps do not pay for importing Lightning."""
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,6 @@ from pathlib import Path
 
 from softmoe.errors import UserError
 from softmoe.layout import TABLE_SOURCES
-
-
-def _params(args):
-    from softmoe import params
-    return params.load(args.params)
 
 
 def _study(args):
@@ -60,25 +56,31 @@ def cmd_prepare(args):
 def cmd_train(args):
     _threads(args)
     from softmoe import train
-    train.train_run(_params(args), Path(args.data), args.experts, args.seed, Path(args.out))
+    study = _study(args)
+    train.train_run(study.train, study.model, study.dataset_entry, Path(args.data), args.experts,
+                    args.seed, Path(args.out))
 
 
 def cmd_synthetic(args):
     _threads(args)
     from softmoe import synthetic
-    synthetic.train_synthetic(_params(args), args.variance, args.tokens, args.experts, Path(args.out))
+    study = _study(args)
+    synthetic.train_synthetic(study.synthetic, study.train.accelerator, args.variance, args.tokens,
+                              args.experts, Path(args.out))
 
 
 def cmd_proof(args):
     _threads(args)
     from softmoe import synthetic
-    synthetic.proof_check(_params(args), Path(args.run), Path(args.out))
+    synthetic.proof_check(_study(args).synthetic.proof_scales, Path(args.run), Path(args.out))
 
 
 def cmd_evaluate(args):
     _threads(args)
     from softmoe import evaluate
-    evaluate.evaluate_run(_params(args), Path(args.data), Path(args.run), Path(args.out))
+    study = _study(args)
+    evaluate.evaluate_run(study.evaluate, study.train, study.model, study.dataset_entry, Path(args.data),
+                          Path(args.run), Path(args.out))
 
 
 def cmd_tabulate(args):
@@ -89,7 +91,7 @@ def cmd_tabulate(args):
 def cmd_calibrate(args):
     _threads(args)
     from softmoe import calibration
-    calibration.calibrate(_params(args), Path(args.data), args.experts, args.seed, Path(args.out))
+    calibration.calibrate(_study(args), Path(args.data), args.experts, args.seed, Path(args.out))
 
 
 def cmd_claims(args):
@@ -110,8 +112,8 @@ def cmd_latency(args):
     from softmoe import latency
     from softmoe import layout
     study = _study(args)
-    latency.measure(study.raw, layout.train_dirs(study, first_seed_only=True), Path(args.out),
-                    Path(args.hardware))
+    latency.measure(study.latency, study.model, layout.train_dirs(study, first_seed_only=True),
+                    Path(args.out), Path(args.hardware))
 
 
 def cmd_figures(args):

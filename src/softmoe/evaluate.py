@@ -24,7 +24,7 @@ import torch
 
 from softmoe import modelfile, tables
 from softmoe.errors import UserError
-from softmoe.params import k_values
+from softmoe.params import Dataset, Evaluate, Model, Train
 from softmoe.selection import oracle_subsets, random_experts, select_experts
 from softmoe.stats import z_score
 
@@ -32,19 +32,23 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---- one trained model ---------------------------------------------------------------------
-def evaluate_run(params: dict, data_dir: Path, run_dir: Path, out_csv: Path) -> None:
-    """Write the tidy selection table of one trained run (docs/architecture.md) on the test split."""
-    tables.write(out_csv, selection_rows(params, data_dir, run_dir), "selection")
+def evaluate_run(evaluate: Evaluate, train: Train, model: Model, entry: Dataset, data_dir: Path,
+                 run_dir: Path, out_csv: Path) -> None:
+    """Write the tidy selection table of one trained run (docs/architecture.md) on the test split
+    of the prepared data (checked against the dataset entry), under params.evaluate; train and
+    model: the params sections the run was trained with (its inputs and its model)."""
+    tables.write(out_csv, selection_rows(evaluate, train, model, entry, data_dir, run_dir), "selection")
 
 
-def selection_rows(params: dict, data_dir: Path, run_dir: Path) -> pd.DataFrame:
+def selection_rows(evaluate: Evaluate, train: Train, model: Model, entry: Dataset, data_dir: Path,
+                   run_dir: Path) -> pd.DataFrame:
     """The selection rows of one trained run, with its dataset, n and seed."""
-    from softmoe import train
+    from softmoe import train as training
 
-    model = train.load_trained(run_dir, params, expect={"dataset": params["dataset"]})
+    net = training.load_trained(run_dir, model, expect={"dataset": entry.name})
     meta = run_metadata(run_dir)
-    total, batches = _test_batches(params, Path(data_dir))
-    frame = selection_table(model, batches, total, params["evaluate"])
+    total, batches = _test_batches(evaluate.batch_size, train, model, entry, Path(data_dir))
+    frame = selection_table(net, batches, total, evaluate)
     frame.insert(0, "seed", int(meta["seed"]))
     frame.insert(0, "n", int(meta["n"]))
     frame.insert(0, "dataset", meta["dataset"])
@@ -61,40 +65,40 @@ def run_metadata(run_dir: Path) -> dict[str, str]:
     return meta
 
 
-def _test_batches(params: dict, data_dir: Path) -> tuple[int, Iterator]:
-    """(test set size, iterator of (model inputs, labels) in batches of evaluate.batch_size)."""
+def _test_batches(size: int, train: Train, model: Model, entry: Dataset, data_dir: Path
+                  ) -> tuple[int, Iterator]:
+    """(test set size, iterator of (model inputs, labels) in batches of `size`)."""
     from softmoe import data
 
-    size = params["evaluate"]["batch_size"]
-    if data.read_manifest(data_dir, params)["source"] != "imagefolder":
-        images, labels = data.load_split(data_dir, "test", params)
-        return len(labels), ((data.model_inputs(images[i:i + size], params), labels[i:i + size])
+    if data.read_manifest(data_dir, entry)["source"] != "imagefolder":
+        images, labels = data.load_split(data_dir, "test", entry)
+        return len(labels), ((data.model_inputs(images[i:i + size], train, model), labels[i:i + size])
                              for i in range(0, len(labels), size))
     from softmoe.datamodule import ImageDataModule
 
-    module = ImageDataModule(params, data_dir, seed=0)
+    module = ImageDataModule(train, model, entry, data_dir, seed=0)
     module.setup()
     loader = torch.utils.data.DataLoader(module.test_set, batch_size=size)
-    return len(module.test_set), ((data.model_inputs(x, params), y) for x, y in loader)
+    return len(module.test_set), ((data.model_inputs(x, train, model), y) for x, y in loader)
 
 
-def selection_table(model: torch.nn.Module, batches: Iterable, total: int, cfg: dict) -> pd.DataFrame:
+def selection_table(model: torch.nn.Module, batches: Iterable, total: int, cfg: Evaluate) -> pd.DataFrame:
     """Rows (k, k_frac, method, renormalize, accuracy, std, z, count) for one model.
 
     batches: (model inputs, int64 labels) covering the `total` test inputs in a fixed order;
-    cfg: params["evaluate"].
+    cfg: params.evaluate.
     """
     n = model.num_experts
-    ks = k_values(n, cfg)
-    modes = [bool(r) for r in cfg["renormalize"]]
-    oracle_k = max(1, math.floor(n * cfg["oracle_fraction"]))
-    if not (oracle_k < n and math.comb(n, oracle_k) <= cfg["oracle_limit"]
+    ks = cfg.k_values(n)
+    modes = [bool(r) for r in cfg.renormalize]
+    oracle_k = max(1, math.floor(n * cfg.oracle_fraction))
+    if not (oracle_k < n and math.comb(n, oracle_k) <= cfg.oracle_limit
             and hasattr(model, "logit_contributions")):
         oracle_k = None
     model.eval().to(DEVICE)
     with torch.inference_mode():
         counts = _correct_counts(model, batches, total, ks, modes, cfg, oracle_k)
-    return _rows(counts, n, ks, modes, cfg["random_seeds"], oracle_k, total)
+    return _rows(counts, n, ks, modes, cfg.random_seeds, oracle_k, total)
 
 
 def _correct_counts(model, batches, total, ks, modes, cfg, oracle_k) -> dict:
@@ -105,7 +109,7 @@ def _correct_counts(model, batches, total, ks, modes, cfg, oracle_k) -> dict:
     the first k experts of random permutation i of each seed (selection.random_experts).
     """
     n = model.num_experts
-    orders = torch.stack([random_experts(total, n, n, s) for s in cfg["random_seeds"]])  # (seeds, N, n)
+    orders = torch.stack([random_experts(total, n, n, s) for s in cfg.random_seeds])  # (seeds, N, n)
     fast = hasattr(model, "logit_contributions")
     counts, start = {}, 0
     for x, y in batches:
@@ -113,7 +117,7 @@ def _correct_counts(model, batches, total, ks, modes, cfg, oracle_k) -> dict:
         start += len(y)
         x, y, order = x.to(DEVICE), y.to(DEVICE), orders[:, part].to(DEVICE)
         if fast:
-            batch = _fast_counts(model, x, y, ks, modes, order, oracle_k, cfg["oracle_limit"])
+            batch = _fast_counts(model, x, y, ks, modes, order, oracle_k, cfg.oracle_limit)
         else:
             batch = _generic_counts(model, x, y, ks, modes, order)
         counts = _accumulate(counts, batch)

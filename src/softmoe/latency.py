@@ -17,25 +17,25 @@ import torch
 
 from softmoe import atomic, tables, timing
 from softmoe.layer import SoftMoE
+from softmoe.params import Latency, Model, Wide
 from softmoe.stats import latency_ks
 
 
-def measure(params: dict, run_dirs: list[Path], out_csv: Path, hardware_json: Path) -> None:
-    """Time every trained run's Soft MoE layers and the wide configuration; write latency.csv
-    and the hardware description."""
+def measure(cfg: Latency, model: Model, run_dirs: list[Path], out_csv: Path, hardware_json: Path) -> None:
+    """Time every trained run's Soft MoE layers (runs of params.model) and the wide
+    configuration under params.latency; write latency.csv and the hardware description."""
     from softmoe import train
     from softmoe.evaluate import run_metadata
 
-    cfg = params["latency"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for run_dir in run_dirs:
-        model = train.load_trained(run_dir, params)
+        net = train.load_trained(run_dir, model)
         meta = run_metadata(run_dir)
-        layers, shape = trained_layers(model, meta)
+        layers, shape = trained_layers(net, meta)
         rows += time_config(f"{meta['dataset']}/{Path(run_dir).name}", layers, shape, cfg, device)
-    wide = cfg["wide"]
-    rows += time_config("wide", wide_layers(wide), (wide["tokens"], wide["dim"]), cfg, device)
+    wide = cfg.wide
+    rows += time_config("wide", wide_layers(wide), (wide.tokens, wide.dim), cfg, device)
     tables.write(out_csv, pd.DataFrame(rows, columns=tables.columns("latency")), "latency")
     atomic.write_json(hardware_json, timing.hardware())
 
@@ -57,31 +57,31 @@ def trained_layers(model: torch.nn.Module, meta: dict) -> tuple[list[SoftMoE], t
     return layers, shapes[0]
 
 
-def wide_layers(wide: dict) -> list[SoftMoE]:
+def wide_layers(wide: Wide) -> list[SoftMoE]:
     """params.latency.wide: `layers` table 3 layers of n experts of width hidden_per_expert * width."""
-    hidden = max(1, round(wide["hidden_per_expert"] * wide["width"]))
-    return timing.wide_layers(wide["dim"], wide["experts"], hidden, wide["layers"])
+    hidden = max(1, round(wide.hidden_per_expert * wide.width))
+    return timing.wide_layers(wide.dim, wide.experts, hidden, wide.layers)
 
 
-def time_config(config: str, layers: list[SoftMoE], shape: tuple[int, int], cfg: dict,
+def time_config(config: str, layers: list[SoftMoE], shape: tuple[int, int], cfg: Latency,
                 device: torch.device) -> list[dict]:
     """Rows of latency.csv for one configuration: every k of cfg.fractions (and k = n) at every
     batch size of cfg.batch_sizes, in every precision of timing.precisions."""
     n = layers[0].num_experts
-    ks = latency_ks(n, cfg["fractions"])
+    ks = latency_ks(n, cfg.fractions)
     rows = []
     for precision in timing.precisions(device.type):
         dtype = timing.DTYPES[precision]
         layers = [layer.to(device, dtype).eval() for layer in layers]
         name = config if precision == "fp32" else f"{config}@{precision}"
         generator = torch.Generator().manual_seed(0)
-        for batch in cfg["batch_sizes"]:
+        for batch in cfg.batch_sizes:
             x = torch.randn(batch, *shape, generator=generator).to(device, dtype)
             fns = {k: (lambda k=k: timing.run_layers(layers, x, None if k == n else k)) for k in ks}
             with torch.inference_mode(), timing.tf32_off():
                 flops = {k: timing.count_flops(fn) for k, fn in fns.items()}
                 fns, _ = timing.as_graphs(fns, device.type, layers)
-                times = timing.time_interleaved(fns, device.type, cfg["warmup"], cfg["repeats"])
+                times = timing.time_interleaved(fns, device.type, cfg.warmup, cfg.repeats)
             full = times[n]["median_ms"]
             for k in ks:
                 t = times[k]

@@ -6,7 +6,7 @@ from torch import nn
 
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
-from softmoe.params import MNIST_BUDGET, VIT_DEFAULTS
+from softmoe.params import MNIST_BUDGET, Model
 
 MNIST_PATCH = 14            # four 14x14 quadrants of a 28x28 image
 
@@ -163,20 +163,18 @@ def forward_selected(net: nn.Module, images: torch.Tensor, k: int | None, renorm
             layer.k, layer.keep, layer.renormalize = None, None, False
 
 
-def build_model(params: dict, num_experts: int, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """The model of params["model"]["kind"] ("mnist" | "vit" | "astroformer") with n experts."""
-    model = params["model"]
-    if model["kind"] == "mnist":
+def build_model(model: Model, num_experts: int, num_classes: int, in_chans: int = 3,
+                dropout: float = 0.0) -> nn.Module:
+    """The model of params.model (kind "mnist" | "vit" | "astroformer") with n experts; dropout:
+    train.dropout of the ViT and Astroformer models."""
+    if model.kind == "mnist":
         return MnistSoftMoE(num_experts, num_classes)
-    dropout = params.get("train", {}).get("dropout", 0.0)
-    if model["kind"] == "vit":
-        options = {key: model.get(key, default) for key, default in VIT_DEFAULTS.items()}
+    if model.kind == "vit":
         return SoftMoEViT(num_classes=num_classes, num_experts=num_experts, drop_rate=dropout,
-                          in_chans=in_chans, **options)
-    if model["kind"] == "astroformer":
+                          in_chans=in_chans, **model.options())
+    if model.kind == "astroformer":
         from softmoe.astroformer import SoftMoEAstroformer
-        from softmoe.params import astroformer_options
         return SoftMoEAstroformer(num_classes=num_classes, num_experts=num_experts, drop_rate=dropout,
-                                  in_chans=in_chans, **astroformer_options(model))
-    raise UserError(f"key 'model.kind': {model['kind']!r} is not a model; use 'mnist', 'vit' or "
+                                  in_chans=in_chans, **model.options())
+    raise UserError(f"key 'model.kind': {model.kind!r} is not a model; use 'mnist', 'vit' or "
                     "'astroformer'")

@@ -145,7 +145,7 @@ def _cross_checks(p: dict):
         if nmax > dim * mult:
             yield f"key 'experts': n={nmax} leaves the ViT experts with zero width (budget {dim}*{mult})"
     if p["model"]["kind"] == "astroformer":
-        yield from astroformer_problems(astroformer_options(p["model"]), nmax)
+        yield from astroformer_problems(Model.of(p["model"]).options(), nmax)
     for k in p["evaluate"]["absolute_k"]:
         if k > nmax:
             yield (f"key 'evaluate.absolute_k': k={k} > every n in 'experts' (largest {nmax}); "
@@ -161,11 +161,6 @@ def _cross_checks(p: dict):
     if p["train"]["mixup"] or p["train"]["cutmix"]:
         if p["model"]["kind"] == "mnist":
             yield "keys 'train.mixup'/'train.cutmix': only supported for model kinds 'vit' and 'astroformer'"
-
-
-def astroformer_options(model: dict) -> dict:
-    """params.model's Astroformer options, Astroformer-1 at 96 px where a key is absent."""
-    return {key: model.get(key, default) for key, default in ASTROFORMER_DEFAULTS.items()}
 
 
 def astroformer_problems(options: dict, nmax: int | None = None) -> list[str]:
@@ -187,11 +182,6 @@ def astroformer_problems(options: dict, nmax: int | None = None) -> list[str]:
         problems.append(f"key 'experts': n={nmax} leaves the Astroformer experts with zero width "
                         f"(budget {dims[-1]}*{options['expert_mult']}); use n <= {budget}")
     return problems
-
-
-def k_values(n: int, evaluate: dict) -> list[int]:
-    """The k of Algorithm 1 evaluated for a model with n experts under params.evaluate."""
-    return stats.k_values(n, evaluate["fractions"], evaluate["absolute_k"], evaluate["every_k"])
 
 
 def synthetic_shape(tokenization: str) -> tuple[int, int]:
@@ -290,6 +280,7 @@ class Train(Section):
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = 0
+    augment: str = "none"
     augment: str = "none"
 
 

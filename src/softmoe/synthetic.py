@@ -19,7 +19,7 @@ from softmoe import atomic, modelfile
 from softmoe.data import synthetic_batch
 from softmoe.errors import UserError
 from softmoe.models import NormRegressor, count_parameters
-from softmoe.params import synthetic_shape
+from softmoe.params import Synthetic, synthetic_shape
 from softmoe.stats import final_loss
 from softmoe.console import console_setup
 from softmoe.vision import import_torchvision
@@ -66,25 +66,25 @@ def data_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
 
 
-def train_synthetic(params: dict, variance: float, tokenization: str, n: int, out: Path) -> None:
-    """Train one regressor (x ~ N(0, variance·I), tokenization like "5x2", n experts) and write
-    its run folder."""
-    syn, out = params["synthetic"], Path(out)
+def train_synthetic(syn: Synthetic, accelerator: str, variance: float, tokenization: str, n: int,
+                    out: Path) -> None:
+    """Train one regressor (x ~ N(0, variance·I), tokenization like "5x2", n experts) under
+    params.synthetic on train.accelerator and write its run folder."""
+    out = Path(out)
     tokens, dim = synthetic_shape(tokenization)
-    pl.seed_everything(syn["seed"], verbose=False)
+    pl.seed_everything(syn.seed, verbose=False)
     model = NormRegressor(tokens, dim, n)
-    module = NormRegression(model, syn["lr"])
-    loader = DataLoader(FreshBatches(syn["batch_size"], variance, data_seed(syn["seed"])),
-                        batch_size=None)
+    module = NormRegression(model, syn.lr)
+    loader = DataLoader(FreshBatches(syn.batch_size, variance, data_seed(syn.seed)), batch_size=None)
     interactive = console_setup()
-    trainer = pl.Trainer(accelerator=params["train"].get("accelerator", "auto"), devices=1,
-                         max_steps=syn["steps"], deterministic=True, logger=False,
+    trainer = pl.Trainer(accelerator=accelerator, devices=1,
+                         max_steps=syn.steps, deterministic=True, logger=False,
                          enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=interactive, default_root_dir=str(out))
     trainer.fit(module, loader)
     losses = torch.stack(module.losses).cpu().tolist()
     atomic.write_csv(out / "loss.csv", pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}))
-    metadata = {"kind": "synthetic", "tokens": tokens, "dim": dim, "n": n, "seed": syn["seed"],
+    metadata = {"kind": "synthetic", "tokens": tokens, "dim": dim, "n": n, "seed": syn.seed,
                 "variance": variance}
     modelfile.save(out / "model.safetensors", model, metadata)
     atomic.write_json(out / "metrics.json", {
@@ -104,10 +104,10 @@ def load_regressor(run_dir: Path) -> NormRegressor:
     return model.eval()
 
 
-def proof_check(params: dict, run_dir: Path, out_csv: Path) -> None:
+def proof_check(proof_scales: tuple[float, ...], run_dir: Path, out_csv: Path) -> None:
     """Theorem 1's mechanism on the trained n=1 model: input pairs (A, B) whose slot inputs
     Dᵀ A and Dᵀ B converge while | ||A|| - ||B|| | grows linearly in a, so one expert cannot
-    predict both norms.
+    predict both norms. proof_scales: params.synthetic.proof_scales, the a of each pair.
 
     The proof (docs/study.md §5 E1) picks a coordinate of the slot parameter Φ (d x 1) and splits on its
     value. phi_pos: we take j = argmax_j |Φ_j| and s = sign(Φ_j) (the proof's "Φ₁ > 0" after
@@ -129,7 +129,7 @@ def proof_check(params: dict, run_dir: Path, out_csv: Path) -> None:
         raise UserError(f"{run_dir}: the proof needs at least 2 tokens, the model has {model.tokens}")
     rows = []
     for case, (a_dir, b_dir) in _pair_directions(model).items():
-        for a in params["synthetic"]["proof_scales"]:
+        for a in proof_scales:
             rows.append({"case": case, "a": a, **_pair_gaps(model, a * a_dir, a * b_dir)})
     atomic.write_csv(out_csv, pd.DataFrame(rows, columns=[
         "case", "a", "slot_gap", "norm_gap", "abs_error_A", "abs_error_B"]))

@@ -30,11 +30,12 @@ from torch import nn
 
 from softmoe import atomic, modelfile, tables
 from softmoe.console import console_setup
-from softmoe.data import model_inputs, vit_img_size
+from softmoe.data import model_inputs
 from softmoe.datamodule import ImageDataModule
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 from softmoe.models import build_model, count_parameters
+from softmoe.params import Dataset, Model, Train
 
 import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.data, which prepares torchvision)
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
@@ -48,29 +49,30 @@ CHECKPOINT_EVERY_S = 10.0    # seconds of training a kill may cost at most (see 
 
 class Classifier(pl.LightningModule):
     """Owns the optimization of one image classifier: cross-entropy (label smoothing, or timm
-    Mixup/CutMix soft targets), Adam/AdamW/LAMB, constant or cosine schedule with linear warmup."""
+    Mixup/CutMix soft targets), Adam/AdamW/LAMB, constant or cosine schedule with linear warmup.
+    recipe: params.train; spec: params.model (the inputs it takes)."""
 
-    def __init__(self, params: dict, model: nn.Module, run: dict, num_classes: int):
+    def __init__(self, recipe: Train, spec: Model, model: nn.Module, run: dict, num_classes: int):
         super().__init__()
-        self.params, self.model, self.run = params, model, run
+        self.recipe, self.spec, self.model, self.run = recipe, spec, model, run
         self.curves: list[dict] = []
         self.train_time_s = 0.0
         self._started = time.perf_counter()
         self._sums = torch.zeros(3)
-        self.mixup = _mixup(params["train"], num_classes)
+        self.mixup = _mixup(recipe, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(model_inputs(images, self.params))
+        return self.model(model_inputs(images, self.recipe, self.spec))
 
     # ---- optimization --------------------------------------------------------------------
     def configure_optimizers(self):
-        t = self.params["train"]
-        optimizer = _optimizer(self.model, t["optimizer"], t["lr"], t.get("weight_decay", 0.0))
+        t = self.recipe
+        optimizer = _optimizer(self.model, t.optimizer, t.lr, t.weight_decay)
         per_epoch = len(self.trainer.datamodule.train_dataloader())     # this process's batches
-        total = t["max_steps"] or t["epochs"] * per_epoch
-        warmup = t.get("warmup_epochs", 0) * per_epoch
+        total = t.max_steps or t.epochs * per_epoch
+        warmup = t.warmup_epochs * per_epoch
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total, warmup, t["schedule"]))
+            optimizer, lambda step: lr_factor(step, total, warmup, t.schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_epoch_start(self) -> None:
@@ -78,15 +80,14 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        x = model_inputs(images, self.params)
+        x = model_inputs(images, self.recipe, self.spec)
         if self.mixup is not None:
             x, soft = self.mixup(x, labels)
             logits = self.model(x)
             loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
         else:
             logits = self.model(x)
-            loss = F.cross_entropy(logits, labels,
-                                   label_smoothing=self.params["train"].get("label_smoothing", 0.0))
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
         if not torch.isfinite(loss):
             self._stop_on_bad_loss(loss)
         self._sums += _batch_sums(loss, logits, labels)
@@ -177,13 +178,13 @@ def _optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> t
     raise UserError(f"key 'train.optimizer': {name!r} is not supported; use adam, adamw or lamb")
 
 
-def _mixup(train: dict, num_classes: int):
+def _mixup(train: Train, num_classes: int):
     """timm Mixup/CutMix (with label smoothing in its soft targets) when either alpha is > 0."""
-    if not (train.get("mixup", 0) or train.get("cutmix", 0)):
+    if not (train.mixup or train.cutmix):
         return None
     from timm.data import Mixup
-    return Mixup(mixup_alpha=train.get("mixup", 0.0), cutmix_alpha=train.get("cutmix", 0.0),
-                 label_smoothing=train.get("label_smoothing", 0.0), num_classes=num_classes)
+    return Mixup(mixup_alpha=train.mixup, cutmix_alpha=train.cutmix,
+                 label_smoothing=train.label_smoothing, num_classes=num_classes)
 
 
 def _rng_state() -> dict:
@@ -205,14 +206,15 @@ def _set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, params: dict, device: torch.device | str) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader, train: Train, spec: Model, device: torch.device | str
+             ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the model on every batch of the loader, in eval mode."""
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
-        logits = model(model_inputs(images, params))
+        logits = model(model_inputs(images, train, spec))
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
@@ -221,16 +223,18 @@ def evaluate(model: nn.Module, loader, params: dict, device: torch.device | str)
 
 
 # ---- one run ---------------------------------------------------------------------------------
-def train_run(params: dict, data_dir: Path, n: int, seed: int, out: Path) -> dict:
-    """Train (or resume) the model with n experts on the prepared data; write the run folder.
+def train_run(train: Train, model: Model, entry: Dataset, data_dir: Path, n: int, seed: int,
+              out: Path) -> dict:
+    """Train (or resume) the model of params.model with n experts under the recipe params.train
+    on the prepared data (checked against the dataset entry); write the run folder.
 
     Returns metrics.json's content (an empty dict on the non-zero ranks of a DDP run)."""
     out = Path(out)
-    datamodule = ImageDataModule(params, data_dir, seed)
+    datamodule = ImageDataModule(train, model, entry, data_dir, seed)
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = build_model(params, n, datamodule.num_classes, datamodule.in_chans)
-    run = _run_identity(params, datamodule, n, seed)
-    module = Classifier(params, model, run, datamodule.num_classes)
+    net = build_model(model, n, datamodule.num_classes, datamodule.in_chans, dropout=train.dropout)
+    run = _run_identity(train, model, datamodule, n, seed)
+    module = Classifier(train, model, net, run, datamodule.num_classes)
     last = out / "checkpoints" / "last.ckpt"
     if last.is_file():
         step = _check_resumable(last, run)
@@ -241,24 +245,25 @@ def train_run(params: dict, data_dir: Path, n: int, seed: int, out: Path) -> dic
                  f"{stale.name}, training from the start")
         else:
             _say(f"softmoe train: resuming {last} (step {step})")
-    trainer = _trainer(params, out, resume=last.is_file())
+    trainer = _trainer(train, out, resume=last.is_file())
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None,
                     weights_only=True)
     except torch.OutOfMemoryError:
-        raise UserError(f"out of GPU memory with train.batch_size={params['train']['batch_size']}: "
+        raise UserError(f"out of GPU memory with train.batch_size={train.batch_size}: "
                         "reduce train.batch_size in params.yaml (or add devices)") from None
     if not trainer.is_global_zero:
         return {}
-    return _write_outputs(params, module, datamodule, trainer, out)
+    return _write_outputs(module, datamodule, trainer, out)
 
 
-def _run_identity(params: dict, datamodule: ImageDataModule, n: int, seed: int) -> dict:
-    """What a checkpoint must match to be resumed: dataset, n, seed, model, recipe, data."""
+def _run_identity(train: Train, model: Model, datamodule: ImageDataModule, n: int, seed: int) -> dict:
+    """What a checkpoint must match to be resumed: dataset, n, seed, model, recipe, data. The
+    sections as the params file gave them (raw): checkpoints written before stay resumable."""
     manifest = json.dumps(datamodule.manifest, sort_keys=True).encode()
     return {"dataset": datamodule.manifest["dataset"], "n": n, "seed": seed,
-            "model": params["model"],
-            "train": {k: v for k, v in params["train"].items() if k not in HARDWARE_KEYS},
+            "model": model.raw,
+            "train": {k: v for k, v in train.raw.items() if k not in HARDWARE_KEYS},
             "data_sha256": hashlib.sha256(manifest).hexdigest()}
 
 
@@ -316,10 +321,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-def _trainer(params: dict, out: Path, resume: bool) -> pl.Trainer:
+def _trainer(t: Train, out: Path, resume: bool) -> pl.Trainer:
     from dvclive.lightning import DVCLiveLogger
 
-    t = params["train"]
     interactive = console_setup()
     if resume:
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
@@ -329,26 +333,26 @@ def _trainer(params: dict, out: Path, resume: bool) -> pl.Trainer:
     logger = DVCLiveLogger(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False,
                            resume=resume)
     return pl.Trainer(
-        accelerator=t.get("accelerator", "auto"), devices=t.get("devices", 1),
-        num_nodes=t.get("num_nodes", 1), strategy=t.get("strategy", "auto"),
-        precision=t.get("precision", "32-true"),
-        max_steps=t["max_steps"] or -1, max_epochs=None if t["max_steps"] else t["epochs"],
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=t.max_steps or -1,
+        max_epochs=None if t.max_steps else t.epochs,
         deterministic=True, use_distributed_sampler=False, logger=logger, callbacks=[checkpoint],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=interactive, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=1, default_root_dir=str(out))
 
 
-def _write_outputs(params: dict, module: Classifier, datamodule: ImageDataModule,
-                   trainer: pl.Trainer, out: Path) -> dict:
+def _write_outputs(module: Classifier, datamodule: ImageDataModule, trainer: pl.Trainer,
+                   out: Path) -> dict:
     """Evaluate the last weights on the test split; write model, curves and metrics."""
-    model, run, device = module.model, module.run, trainer.strategy.root_device
-    test_loss, test_accuracy = evaluate(model.to(device), datamodule.test_dataloader(), params, device)
+    model, run, device, spec = module.model, module.run, trainer.strategy.root_device, module.spec
+    test_loss, test_accuracy = evaluate(model.to(device), datamodule.test_dataloader(), module.recipe,
+                                        spec, device)
     counts = count_parameters(model)
     shape = datamodule.manifest["image_shape"]
     metadata = {"dataset": run["dataset"], "n": run["n"], "seed": run["seed"],
-                "kind": params["model"]["kind"], "num_classes": datamodule.num_classes,
-                "img_size": shape[-1] if params["model"]["kind"] == "mnist" else vit_img_size(params),
+                "kind": spec.kind, "num_classes": datamodule.num_classes,
+                "img_size": shape[-1] if spec.kind == "mnist" else spec.img_size,
                 "in_chans": datamodule.in_chans}
     modelfile.save(out / "model.safetensors", model, metadata)
     atomic.write_csv(out / "curves.csv", pd.DataFrame(module.curves, columns=tables.CURVE_COLUMNS))
@@ -371,23 +375,23 @@ def _device_name(device: torch.device) -> str:
 
 
 # ---- reading a trained model -----------------------------------------------------------------
-def load_trained(run_dir: Path, params: dict, expect: dict | None = None) -> nn.Module:
-    """The trained model of a run folder in eval mode, refused (UserError) when its metadata
-    (kind, and every key of `expect`, e.g. {"dataset": "mnist5k", "n": 16}) differs."""
+def load_trained(run_dir: Path, model: Model, expect: dict | None = None) -> nn.Module:
+    """The trained model (of params.model) of a run folder in eval mode, refused (UserError) when
+    its metadata (kind, and every key of `expect`, e.g. {"dataset": "mnist5k", "n": 16}) differs."""
     path = Path(run_dir) / "model.safetensors"
     meta, state = modelfile.read(path, f"train the run (`softmoe train ... --out {run_dir}`)")
-    expected = {"kind": params["model"]["kind"], **(expect or {})}
+    expected = {"kind": model.kind, **(expect or {})}
     if expected["kind"] != "mnist":
-        expected.setdefault("img_size", vit_img_size(params))
+        expected.setdefault("img_size", model.img_size)
     wrong = {k: (meta.get(k), str(v)) for k, v in expected.items() if meta.get(k) != str(v)}
     if wrong:
         shown = ", ".join(f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items())
         raise UserError(f"{path}: a model of another run ({shown}); point at the right run folder "
                         "or retrain it with the current params.yaml")
-    model = build_model(params, int(meta["n"]), int(meta["num_classes"]), int(meta["in_chans"]))
+    net = build_model(model, int(meta["n"]), int(meta["num_classes"]), int(meta["in_chans"]))
     try:
-        model.load_state_dict(state)
+        net.load_state_dict(state)
     except RuntimeError as err:
         raise UserError(f"{path}: weights do not fit the model of params.yaml "
                         f"({str(err).splitlines()[0]}); retrain the run") from None
-    return model.eval()
+    return net.eval()
