@@ -29,6 +29,8 @@ STEPS = {
 
 
 def param_keys(step: str, params: dict) -> list[str]:
+    """The dotted params keys a step reads, {dataset} filled in. params here is the raw mapping
+    (Snakemake's config, dvc.yaml's keys), not softmoe.params.Study: these name the file's keys."""
     return [k.format(dataset=params["dataset"]) for k in STEPS[step]]
 
 
