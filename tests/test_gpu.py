@@ -40,7 +40,6 @@ def params() -> dict:
 @pytest.mark.parametrize("mode", ["all", "keep", "keep-renormalized"])
 def test_layer_on_cuda_matches_the_float64_loop(monkeypatch, tokens_form, mode):
     from softmoe.layer import SoftMoE
-from softmoe.params import Latency, Study, Wide
     monkeypatch.setattr(SoftMoE, "token_side", lambda self, m: tokens_form)
     layer = make(n=6, p=2, dim=16, hidden=24, bias=True, activation="gelu")
     x = torch.randn(5, 9, 16, dtype=torch.float64)
