@@ -3,7 +3,7 @@
 A step's code is found by static analysis (ast), never listed by hand:
 - start at `cmd_<step>` in cli.py: the softmoe modules it imports in its body, the module-level
   softmoe imports of cli.py whose names it uses, and the same for the cli.py helpers it calls
-  (e.g. `_params` imports params). cli.py itself is not a dep: it parses the arguments of every
+  (e.g. `_study` imports params). cli.py itself is not a dep: it parses the arguments of every
   step, so listing it would rerun the whole study for a new option of one step;
 - follow every import of a softmoe module, at module level or inside a function
   (`import softmoe.x`, `from softmoe import x`, `from softmoe.x import y`, relative forms);
