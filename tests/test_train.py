@@ -320,3 +320,18 @@ def test_a_planted_malicious_checkpoint_is_refused_and_never_run(params, mnist5k
     with pytest.raises(UserError, match="last.ckpt: unreadable checkpoint"):
         _train(params, mnist5k, 2, 0, tmp_path / "run")
     assert not marker.exists()
+
+
+def test_checkpoint_of_other_training_code_is_set_aside_not_resumed(params, mnist5k, tmp_path, capsys,
+                                                                     monkeypatch):
+    """After a change to the training code (both engines rerun the step), weights trained by the
+    old code are not resumed: the checkpoint is set aside and the run trains from the start."""
+    params["train"]["max_steps"] = 8
+    _train(params, mnist5k, 2, 0, tmp_path / "a")
+    code = train.code_digests()
+    assert "src/softmoe/layer.py" in code and "src/softmoe/train.py" in code
+    monkeypatch.setattr(train, "code_digests", lambda: {**code, "src/softmoe/layer.py": "edited"})
+    again = _train(params, mnist5k, 2, 0, tmp_path / "a")
+    err = capsys.readouterr().err
+    assert "changed: src/softmoe/layer.py)" in err and "training from the start" in err
+    assert (tmp_path / "a/checkpoints/last.ckpt.stale").is_file() and again["steps"] == 8

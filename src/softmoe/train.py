@@ -7,7 +7,8 @@ at most that much training; writing it every epoch cost up to ~15 % of an MNIST 
 checkpoints/last.ckpt present continues from it (after a crash or kill -9) and ends with the same
 weights and metrics as an uninterrupted run: the checkpoint holds the model, optimizer, schedule,
 loop counters, the curves so far and the RNG states, and the shuffling is a function of
-(seed, epoch). The test split is evaluated after every epoch for the curves only; the reported
+(seed, epoch). A checkpoint of other params, data or training code (sha256 of the train step's
+source files) is set aside and the run starts over. The test split is evaluated after every epoch for the curves only; the reported
 test metrics are those of the last weights (no checkpoint is picked on the test set).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softmoe import atomic, modelfile, tables
+from softmoe import atomic, deps, modelfile, tables
 from softmoe.console import console_setup
 from softmoe.data import model_inputs
 from softmoe.datamodule import ImageDataModule
@@ -237,12 +238,12 @@ def train_run(train: Train, model: Model, entry: Dataset, data_dir: Path, n: int
     module = Classifier(train, model, net, run, datamodule.num_classes)
     last = out / "checkpoints" / "last.ckpt"
     if last.is_file():
-        step = _check_resumable(last, run)
+        step, changed = _check_resumable(last, run)
         if step is None:
             stale = last.with_suffix(".ckpt.stale")
             last.replace(stale)
-            _say(f"softmoe train: {last} was written under other params or data; kept as "
-                 f"{stale.name}, training from the start")
+            _say(f"softmoe train: {last} was written under other params, data or code (changed: "
+                 f"{', '.join(changed)}); kept as {stale.name}, training from the start")
         else:
             _say(f"softmoe train: resuming {last} (step {step})")
     trainer = _trainer(train, out, resume=last.is_file())
@@ -258,13 +259,21 @@ def train_run(train: Train, model: Model, entry: Dataset, data_dir: Path, n: int
 
 
 def _run_identity(train: Train, model: Model, datamodule: ImageDataModule, n: int, seed: int) -> dict:
-    """What a checkpoint must match to be resumed: dataset, n, seed, model, recipe, data. The
-    sections as the params file gave them (raw): checkpoints written before stay resumable."""
+    """What a checkpoint must match to be resumed: dataset, n, seed, model, recipe (the sections as
+    the params file gave them), data, and the training code: the sha256 of every source file of
+    the train step (softmoe.deps), so that weights trained by other code are never resumed."""
     manifest = json.dumps(datamodule.manifest, sort_keys=True).encode()
     return {"dataset": datamodule.manifest["dataset"], "n": n, "seed": seed,
             "model": model.raw,
             "train": {k: v for k, v in train.raw.items() if k not in HARDWARE_KEYS},
-            "data_sha256": hashlib.sha256(manifest).hexdigest()}
+            "data_sha256": hashlib.sha256(manifest).hexdigest(),
+            "code": code_digests()}
+
+
+def code_digests() -> dict[str, str]:
+    """{src/softmoe/<file>: sha256} of the files the train step's code is made of."""
+    return {path: atomic.digest(deps.PACKAGE / path.removeprefix(deps.PREFIX))
+            for path in deps.step_deps("train")}
 
 
 @rank_zero_only
@@ -272,9 +281,10 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_resumable(path: Path, run: dict) -> int | None:
-    """The global step of a checkpoint of this run; None for one of this (dataset, n, seed) made
-    under another recipe or data (stale: start over); refuse one of another (dataset, n, seed)."""
+def _check_resumable(path: Path, run: dict) -> tuple[int | None, list[str]]:
+    """(global step, []) for a checkpoint of this run; (None, what changed) for one of this
+    (dataset, n, seed) made under another recipe, data or code (stale: start over); refuse one of
+    another (dataset, n, seed)."""
     fix = f"delete {path.parent} to train this run from the start, or use another --out"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -287,7 +297,11 @@ def _check_resumable(path: Path, run: dict) -> int | None:
     if shown:
         raise UserError(f"{path}: checkpoint of another run ({shown}); resuming it would mix two "
                         f"runs; {fix}")
-    return None if diff else checkpoint["global_step"]
+    if not diff:
+        return checkpoint["global_step"], []
+    code, old_code = run.get("code", {}), other.get("code", {})
+    files = sorted(f for f in set(code) | set(old_code) if code.get(f) != old_code.get(f))
+    return None, [k for k in diff if k != "code"] + files
 
 
 class EpochCheckpoint(ModelCheckpoint):
