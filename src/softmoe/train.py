@@ -38,7 +38,7 @@ from softmoe.layer import SoftMoE
 from softmoe.models import build_model, count_parameters
 from softmoe.params import Dataset, Model, Train
 
-import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.data, which prepares torchvision)
+import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.datamodule, which prepares torchvision)
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
