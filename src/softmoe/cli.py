@@ -26,8 +26,8 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 # glibc's malloc gives freed blocks over ~128 KiB back to the kernel (mmap, heap trim), so every
-# training step faulted its tensors' pages in again: 30-45 % of an MNIST step at n = 128, 13 % of
-# the default study's CPU time in the kernel. M_MMAP_THRESHOLD (its maximum), M_TRIM_THRESHOLD,
+# training step faulted its tensors' pages in again: about a third of an MNIST step at n = 128, and
+# 13 % of the default study's CPU time was spent in the kernel. M_MMAP_THRESHOLD (its maximum), M_TRIM_THRESHOLD,
 # M_TOP_PAD: freed memory stays in the process for the next step. Numbers: docs/architecture.md.
 MALLOPT = {-3: 32 << 20, -1: 1 << 30, -2: 256 << 20}
 
