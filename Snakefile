@@ -1,5 +1,5 @@
 # The Soft MoE study from data to report. `snakemake --cores all` runs params.yaml;
-# `snakemake --cores all --configfile config/<study>.yaml` runs a paper-scale study.
+# `snakemake --cores all --configfile config/<study>.yaml` runs a paper-scale study (an overlay).
 # Every rule calls the one CLI (`softmoe <step>`) that dvc.yaml calls too.
 import os
 import sys
@@ -17,19 +17,29 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
-# The complete params file the `softmoe` commands read: the last --configfile, else params.yaml.
-PARAMS = str((workflow.overwrite_configfiles or ["params.yaml"])[-1])
+# Each --configfile is an overlay (config/*.yaml: only what differs) that Snakemake deep-merges
+# onto params.yaml into `config`; every softmoe command gets the same files (`{params.files}`:
+# --params params.yaml --overlay ...) and merges them the same way (softmoe.params.load).
+OVERLAYS = [str(path) for path in workflow.overwrite_configfiles]
+PARAMS_OPTIONS = " ".join(
+    ["--params params.yaml", *(f"--overlay {o}" for o in OVERLAYS)]
+)
 if workflow.config_settings.config:  # --config pairs (not --configfile contents)
     raise WorkflowError(
         "--config key=value overrides are not passed to the softmoe steps; "
-        "edit params.yaml or pass a complete params file with --configfile"
+        "edit params.yaml or pass an overlay file with --configfile"
     )
-try:
-    P = load(PARAMS)  # schema + cross-key checks, before any job starts
+try:  # schema + cross-key checks, before any job starts
+    P = load("params.yaml", OVERLAYS)
 except ParamsError as err:
     raise WorkflowError(str(err)) from None
+if P != config:
+    raise WorkflowError(
+        f"Snakemake's config differs from params.yaml merged with {OVERLAYS} by "
+        "softmoe.params.load: the softmoe steps would not see the values Snakemake sees"
+    )
 STUDY = Study.of(P)  # typed sections of P, for softmoe.layout
-if PARAMS == "params.yaml" and workflow.is_main_process:
+if not OVERLAYS and workflow.is_main_process:
     # After `dvc pull` in a fresh clone: keep what DVC verified (softmoe.share.settle).
     share.settle()
 DATASET = P["dataset"]
@@ -39,11 +49,13 @@ os.environ.setdefault(provenance.RUN_START, time.strftime("%Y-%m-%d %H:%M:%S %Z"
 TABLES = layout.TABLES.format(dataset=DATASET)
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/calibrate.smk"
+include: "workflow/rules/hypotheses.smk"
 include: "workflow/rules/latency.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/bench.smk"
@@ -55,12 +67,13 @@ rule all:
         rules.report.output,
         rules.summarize.output,
         rules.claims.output,
+        rules.hypotheses.output,
 
 
 onsuccess:
     # Keep DVC's lock in step with what Snakemake just built (README: "Snakemake and DVC").
     # DVC's first stage only writes the params marker, which Snakemake checked at parse time.
-    if PARAMS == "params.yaml" and Path(".dvc").is_dir():
+    if not OVERLAYS and Path(".dvc").is_dir():
         shell(
             "{{ test -f results/params.valid || softmoe validate --params params.yaml --out results/params.valid > /dev/null; }}"
             " && dvc commit --force --quiet"

@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from softmoe import data, evaluate, params as P, train
+from softmoe import modelfile, data, evaluate, params as P, train
 from softmoe.astroformer import SoftMoEAstroformer, SoftMoETransformerBlock
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
-from softmoe.models import build_model
+from softmoe.modelfile import build_model
 from softmoe.selection import random_experts, select_experts
 from test_data import _write_cifar_like
 from test_models import assert_paper_counts
@@ -163,9 +163,9 @@ def test_tiny_astroformer_prepare_train_evaluate(cifar_params, tmp_path):
     metrics = train.train_run(p.train, p.model, p.dataset_entry, prepared, 4, 0, run)
     assert metrics["steps"] == 6 and np.isfinite(metrics["test_loss"]) and metrics["expert_hidden"] == 16
     assert metrics["params_experts"] == 2 * 4 * (2 * 32 * 16 + 16 + 32)
-    meta = evaluate.run_metadata(run)
+    meta = modelfile.run_metadata(run)
     assert (meta["kind"], meta["img_size"], meta["n"]) == ("astroformer", "48", "4")
-    model = train.load_trained(run, p.model, expect={"dataset": "cifar10", "n": 4})
+    model = modelfile.load_trained(run, p.model, expect={"dataset": "cifar10", "n": 4})
     assert isinstance(model, SoftMoEAstroformer) and not model.training
 
     evaluate.evaluate_run(p.evaluate, p.train, p.model, p.dataset_entry, prepared, run, tmp_path / "selection.csv")
@@ -183,6 +183,6 @@ def test_tiny_astroformer_prepare_train_evaluate(cifar_params, tmp_path):
     assert alg1.accuracy.item() == pytest.approx(hits)
     wider = P.Model.of({**TINY, "embed_dims": [8, 16, 64]})              # a model of other params
     with pytest.raises(UserError, match="weights do not fit the model of params.yaml"):
-        train.load_trained(run, wider)
+        modelfile.load_trained(run, wider)
     with pytest.raises(UserError, match="img_size='48' \\(expected '64'\\)"):
-        train.load_trained(run, P.Model.of({**TINY, "img_size": 64}))
+        modelfile.load_trained(run, P.Model.of({**TINY, "img_size": 64}))

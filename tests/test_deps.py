@@ -109,12 +109,12 @@ def test_package_data_files_are_found_in_the_modules_that_load_them():
 
 
 def test_the_model_side_does_not_depend_on_the_report_side():
-    """A change to the report, figures or paper numbers must not rerun data, training or evaluation."""
+    """A change to the report, figures or paper numbers must not rerun data, training or evaluation.
+    (summarize reads its tables through the experiments' declarations, like the report side.)"""
     report_side = {f"src/softmoe/{name}.py" for name in (
         "report", "report_context", "report_experiments", "report_audit", "render",
         "claims", "discrepancies", "figures", "paper")} | {"src/softmoe/templates/report.html.j2"}
-    for step in ("prepare", "train", "synthetic", "proof", "evaluate", "calibrate", "latency",
-                 "summarize"):
+    for step in ("prepare", "train", "synthetic", "proof", "evaluate", "calibrate", "latency"):
         assert not report_side & set(stages.code(step)), step
 
 
@@ -128,7 +128,7 @@ def test_package_init_runs_no_code():
 
 
 def test_dvc_yaml_lists_exactly_the_derived_code_deps():
-    assert deps.check_dvc(DVC_YAML) == []
+    assert stages.check_dvc(DVC_YAML) == []
     assert deps.main(["--check", str(DVC_YAML)]) == 0
 
 
@@ -141,7 +141,7 @@ def test_an_added_import_fails_the_check_for_its_stages(tmp_path):
     path = root / "evaluate.py"
     path.write_text(path.read_text().replace("from softmoe import ", "from softmoe import paper, ", 1))
     assert "src/softmoe/paper.py" in deps.step_deps("evaluate", root)
-    problems = deps.check_dvc(DVC_YAML, root)
+    problems = stages.check_dvc(DVC_YAML, root)
     assert f"{DVC_YAML}: stage evaluate (softmoe evaluate) imports src/softmoe/paper.py: " \
            "add `- src/softmoe/paper.py` to its deps" in problems
     assert not [p for p in problems if "stage report " in p]  # report reached paper.py already
@@ -150,18 +150,18 @@ def test_an_added_import_fails_the_check_for_its_stages(tmp_path):
 def test_write_puts_the_derived_deps_into_dvc_yaml_and_keeps_the_rest(tmp_path):
     stale = tmp_path / "dvc.yaml"
     stale.write_text(DVC_YAML.read_text())
-    deps.write_dvc(stale)  # the real file, brought up to date with the working tree
+    stages.write_dvc(stale)  # the real file, brought up to date with the working tree
     fresh = stale.read_text()
-    assert deps.check_dvc(stale) == []
+    assert stages.check_dvc(stale) == []
     strip = [line for line in DVC_YAML.read_text().splitlines() if not line.lstrip().startswith("- src/")]
     assert [line for line in fresh.splitlines() if not line.lstrip().startswith("- src/")] == strip
     stale.write_text(fresh.replace("      - src/softmoe/evaluate.py\n", "", 1).replace(
         "      - src/softmoe/figures.py\n", "      - src/softmoe/figures.py\n      - src/softmoe/bench.py\n", 1))
-    problems = deps.check_dvc(stale)
+    problems = stages.check_dvc(stale)
     assert any("imports src/softmoe/evaluate.py: add `- src/softmoe/evaluate.py`" in p for p in problems)
     assert any("does not use src/softmoe/bench.py: remove it" in p for p in problems)
     assert deps.main(["--check", str(stale)]) == 1
-    deps.write_dvc(stale)
+    stages.write_dvc(stale)
     assert stale.read_text() == fresh
 
 
@@ -169,7 +169,7 @@ def test_write_refuses_a_stage_without_deps(tmp_path):
     bare = tmp_path / "dvc.yaml"
     bare.write_text("stages:\n  fig:\n    cmd: softmoe figures --tables t --out f\n    outs:\n      - f\n")
     with pytest.raises(UserError, match="stage\\(s\\) fig have no `deps:` list"):
-        deps.write_dvc(bare)
+        stages.write_dvc(bare)
 
 
 def _rules():

@@ -134,7 +134,8 @@ def test_alg1_beats_random_on_trained_toy(toy):
 def test_rows_mean_std_and_z_from_counts():
     """Random hits 80, 82, 84 of 100 -> mean .82, sample std .02; Algorithm 1 hits 90 -> z = 4."""
     counts = {"all": 95, ("alg1", False): torch.tensor([90]),
-              ("random", False): torch.tensor([[80], [82], [84]])}
+              ("random", False): torch.tensor([[80], [82], [84]]),
+              ("diff", False): torch.tensor([[8.0], [20.0]], dtype=torch.float64)}
     rows = evaluate._rows(counts, n=4, ks=[2], modes=[False], seeds=[0, 1, 2], oracle_k=None, total=100)
     alg1 = rows[rows["method"] == "alg1"].iloc[0]
     random = rows[rows["method"] == "random"].iloc[0]
@@ -142,6 +143,30 @@ def test_rows_mean_std_and_z_from_counts():
     assert random["count"] == 3 and alg1["z"] == pytest.approx(4.0)
     assert alg1["k_frac"] == 0.5 and rows.loc[rows["method"] == "all", "k"].item() == 4
     assert (rows["images"] == 100).all()
+    # sum d = 8, sum d² = 20 over 100 images: var = (20 - 8²/100) / 99
+    assert alg1["diff_sd"] == pytest.approx(math.sqrt((20 - 0.64) / 99))
+    assert rows.loc[rows["method"] != "alg1", "diff_sd"].isna().all()
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_diff_sd_is_the_sd_over_images_of_alg1_minus_mean_random(toy, renormalize):
+    """diff_sd from batched sums equals the sd over test images of correct_alg1_i minus the mean over
+    random seeds of correct_random_i, computed image by image through the model's forward."""
+    model, x, y = toy
+    x, y = x[:250], y[:250]
+    cfg = eval_cfg(random_seeds=[0, 1, 2], batch_size=100, renormalize=[renormalize])
+    batches = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 250, 100)]
+    table = evaluate.selection_table(model, batches, 250, cfg)
+    alg1 = table[table["method"] == "alg1"].set_index("k")
+    orders = [random_experts(250, TOY_N, TOY_N, s) for s in cfg.random_seeds]
+    with torch.inference_mode():
+        for k in (1, 2, 4):
+            a = (model(x, k=k, renormalize=renormalize).argmax(-1) == y).double()
+            q = torch.stack([(model(x, keep=o[:, :k], renormalize=renormalize).argmax(-1) == y).double()
+                             for o in orders]).mean(dim=0)
+            want = (a - q).std(correction=1).item()
+            assert want > 0.05                       # a real spread, not a degenerate zero
+            assert alg1.loc[k, "diff_sd"] == pytest.approx(want, rel=1e-9)
 
 
 # ---- oracle against brute force -----------------------------------------------------------------

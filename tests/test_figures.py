@@ -19,13 +19,15 @@ from matplotlib.collections import PathCollection
 from softmoe import figures, paper, stats, tables
 from softmoe import params as params_mod
 from softmoe.errors import UserError
+from softmoe import experiments
+from softmoe.experiments import e1_theorem as e1, e3_selection as e3
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = [2, 4, 8, 16, 32, 64]
 ORACLE = {4: (0.95, 4), 8: (0.99, 27), 16: (0.999, 110)}
 IMAGES = 1000           # test images of every selection row (mnist5k's test split)
 VARIANCES = (5, 25)     # both readings of the paper's N(0, 5I), as params.yaml runs them
-STEMS = sorted(figures.FIGURES)
+STEMS = sorted(experiments.figures())
 
 
 def sample_params(**overrides) -> dict:
@@ -48,7 +50,7 @@ def sample_study(**overrides) -> params_mod.Study:
 
 def draw(study: params_mod.Study, tables_dir: Path, out_dir: Path) -> None:
     """The figures step as the CLI calls it."""
-    figures.make_figures(study.dataset, study.evaluate, study.synthetic, tables_dir, out_dir)
+    figures.make_figures(study, tables_dir, out_dir)
 
 
 def all_acc(n: int) -> float:
@@ -175,7 +177,7 @@ SAMPLES = {"selection": selection_rows, "training": training_rows, "curves": cur
 def write_sample_tables(folder: Path, skip: tuple[str, ...] = (), **frames) -> Path:
     """Write every table of softmoe.tables (as `to_csv` writes it, so that malformed frames
     stay malformed) unless skipped or replaced, and hardware.json unless skipped."""
-    assert set(SAMPLES) == set(tables.SCHEMAS), "a table of softmoe.tables has no sample"
+    assert set(SAMPLES) == set(tables.names()), "a table of softmoe.tables has no sample"
     folder.mkdir(parents=True, exist_ok=True)
     for name, make in SAMPLES.items():
         if name in skip:
@@ -259,25 +261,25 @@ def _points(ax) -> int:
 
 def test_fig1_and_fig2_overlay_the_papers_points_only_for_mnist():
     sel = selection_rows()
-    fig1 = figures._fig1(sel, "mnist")
+    fig1 = e3._fig1(sel, "mnist")
     labels = _legend(fig1)
     assert [x for x in labels if x.startswith("n=")] == [f"n={n}" for n in NS]     # numeric order
     assert "paper (MNIST, ±0.003)" in labels
     # the paper's points (Alg1 and all experts) at every n of the sample, on the left panel only
     ref = paper.e3_mnist()
     ref = ref[ref["n"].isin(NS) & (ref["method"] != "random")]
-    without = figures._fig1(sel, None)
+    without = e3._fig1(sel, None)
     assert _points(fig1.axes[0]) - _points(without.axes[0]) == len(ref) > 0
     assert _points(fig1.axes[1]) == _points(without.axes[1])          # not on the renormalized ablation
     assert "paper (MNIST, ±0.003)" not in _legend(without)
-    fig2 = figures._fig2(sel, [0.5, 0.25, 0.125], "mnist")
+    fig2 = e3._fig2(sel, [0.5, 0.25, 0.125], "mnist")
     assert {"paper Alg1 / all (MNIST)", "paper random (MNIST)"} <= set(_legend(fig2))
     assert not {"paper Alg1 / all (MNIST)", "paper random (MNIST)"} & set(
-        _legend(figures._fig2(sel, [0.5, 0.25, 0.125], "cifar10")))
+        _legend(e3._fig2(sel, [0.5, 0.25, 0.125], "cifar10")))
 
 
 def test_fig3_one_panel_per_variance_and_tokenization_with_the_constant_predictor():
-    fig = figures._fig3_loss(synthetic_loss_rows(), sample_study().synthetic.tokenizations)
+    fig = e1._fig3_loss(synthetic_loss_rows(), sample_study().synthetic.tokenizations)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == [f"variance {v}, {t} (tokens x dim)" for v in VARIANCES for t in ("5x2", "2x5")]
     for ax in fig.axes[:4]:
@@ -286,7 +288,7 @@ def test_fig3_one_panel_per_variance_and_tokenization_with_the_constant_predicto
                   if line.get_linestyle() == "-." and len(line.get_ydata())]
         assert levels == [pytest.approx(stats.constant_predictor_loss(variance))], ax.get_title()
     assert "constant predictor Var‖x‖₂" in _legend(fig)
-    proof = figures._fig3_proof(proof_rows(), sample_study().synthetic.tokenizations)
+    proof = e1._fig3_proof(proof_rows(), sample_study().synthetic.tokenizations)
     assert [ax.get_title() for ax in proof.axes if ax.get_title()] == [
         f"variance {v}, {t}, n = 1" for v in VARIANCES for t in ("5x2", "2x5")]
 
@@ -316,11 +318,12 @@ def test_snakemake_report_captions_match_the_figures_and_are_valid_rst():
     docutils_core = pytest.importorskip("docutils.core")
     captions = ROOT / "workflow" / "report"
     listing = (captions / "figures.rst").read_text()
-    for stem, (title, caption) in figures.FIGURES.items():
+    for stem, spec in experiments.figures().items():
+        title, caption = spec.title, spec.caption
         text = (captions / f"{stem}.rst").read_text()
         assert title in text and caption in text, stem
         assert f"``{stem}``" in listing and caption in listing, stem
-    for name in ["figures", "report", "workflow", *tables.SCHEMAS]:
+    for name in ["figures", "report", "workflow", *tables.names()]:
         assert (captions / f"{name}.rst").is_file(), name
     for path in sorted(captions.glob("*.rst")):
         # halt on any RST warning (e.g. a stray |substitution| or `reference`_)

@@ -12,7 +12,7 @@ import yaml
 from test_layer import make, reference
 from test_train import _Diverging, _train
 
-from softmoe import evaluate, latency, timing, train
+from softmoe import modelfile, evaluate, latency, timing, train
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
 from softmoe.params import Latency, Study, Wide
@@ -101,7 +101,7 @@ def test_a_gpu_trained_model_evaluates_the_same_on_cpu_and_cuda(params, mnist5k,
     metrics = _train(params, mnist5k, 16, 0, tmp_path)
     assert metrics["test_accuracy"] > 0.5
     study = Study.of(params)
-    model = train.load_trained(tmp_path, study.model, {"n": 16})
+    model = modelfile.load_trained(tmp_path, study.model, {"n": 16})
     total, batches = evaluate._test_batches(study.evaluate.batch_size, study.train, study.model,
                                             study.dataset_entry, mnist5k)
     batches, tables = list(batches), {}

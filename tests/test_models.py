@@ -8,7 +8,8 @@ import torch
 
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
-from softmoe.models import (MnistSoftMoE, NormRegressor, SoftMoEViT, build_model, count_parameters,
+from softmoe.modelfile import build_model
+from softmoe.models import (MnistSoftMoE, NormRegressor, SoftMoEViT, count_parameters,
                             expert_hidden)
 from softmoe.params import Model
 from softmoe.selection import random_experts, select_experts

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from softmoe import claims, cli, figures, paper, provenance, report, report_context
+from softmoe import claims, cli, experiments, figures, paper, provenance, report, report_context, tables
 from softmoe.errors import UserError
 from softmoe.params import Study
 from test_figures import draw as draw_figures, sample_params, selection_rows, training_rows, write_sample_tables
@@ -50,7 +50,7 @@ def _claims(params: dict, tables: Path, root: Path) -> Path:
     """The claims step on the tables: metrics/claims.json and tables/discrepancies.csv."""
     out = root / "metrics" / "claims.json"
     study = Study.of(params)
-    claims.write_claims(study.dataset, study.model, study.evaluate, tables, None, out, tables / "discrepancies.csv")
+    claims.write_claims(study, tables, None, out, tables / "discrepancies.csv")
     return out
 
 
@@ -96,13 +96,13 @@ def test_report_has_every_section_figure_and_claim(built):
     text = html.read_text()
     assert "<title>Beyond Parameter Count" in text
     assert re.findall(r"<h2[^>]*>([^<]*)</h2>", text) == SECTIONS
-    assert text.count('src="data:image/png;base64,') == len(figures.FIGURES)
+    assert text.count('src="data:image/png;base64,') == len(experiments.figures())
     assert text.count('<td class="pass">PASS</td>') == 7 and text.count('<td class="notrun">NOT RUN</td>') == 4
     assert "Not the paper&#39;s scale" in text and "4,000 training images instead of 60,000" in text
     assert "220 epochs instead of 15" in text and "optimizer steps instead" not in text  # 3,500 ~ 3,525
     md_text = md.read_text()
     assert _sections(md_text) == SECTIONS
-    for stem in figures.FIGURES:
+    for stem in experiments.figures():
         assert f"![{stem}](figures/{stem}.png)" in md_text
         assert f"SVG: [{html.parent / 'figures' / stem}.svg](figures/{stem}.svg)" in md_text
     assert md_text.count("| PASS |") == 7 and md_text.count("| NOT RUN |") == 4
@@ -147,8 +147,8 @@ def test_every_md5_in_the_report_is_the_md5_of_its_file(built):
                 root / "results" / "train" / "mnist5k" / "n2-s0" / "model.safetensors",
                 root / "metrics" / "claims.json", root / "params.yaml",
                 root / "results" / "tables" / "mnist5k" / "discrepancies.csv",
-                *(root / "reports" / "figures" / f"{s}.{e}" for s in figures.FIGURES for e in ("png", "svg")),
-                *(root / "results" / "tables" / "mnist5k" / f"{t}.csv" for t in report_context.TABLE_ORIGIN)}
+                *(root / "reports" / "figures" / f"{s}.{e}" for s in experiments.figures() for e in ("png", "svg")),
+                *(root / "results" / "tables" / "mnist5k" / f"{t}.csv" for t in tables.names())}
     assert expected <= files, sorted(map(str, expected - files))
     assert any(p.name == "claims.py" and p.parent.name == "softmoe" for p in files)
     assert len(printed) > 60

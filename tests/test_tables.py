@@ -7,14 +7,14 @@ import json
 import pandas as pd
 import pytest
 
-from softmoe import layout, tables
+from softmoe import tables, train
 from softmoe.errors import UserError
 from softmoe.params import Study
 from test_figures import (SAMPLES, curves_rows, latency_rows, sample_params, selection_rows,
                           synthetic_loss_rows, training_rows, write_sample_tables)
 
 
-@pytest.mark.parametrize("name", sorted(tables.SCHEMAS))
+@pytest.mark.parametrize("name", sorted(tables.names()))
 def test_write_then_read_gives_the_same_table(tmp_path, name):
     frame = SAMPLES[name]()
     shuffled = frame[list(reversed(frame.columns))].assign(extra="dropped")
@@ -26,16 +26,17 @@ def test_write_then_read_gives_the_same_table(tmp_path, name):
 
 
 def test_every_schema_is_consistent():
-    for name, schema in tables.SCHEMAS.items():
+    for name in tables.names():
+        schema = tables.schema(name)
         assert len(set(schema.columns)) == len(schema.columns), name
         assert set(schema.numeric) <= set(schema.columns), name
         assert set(schema.required) <= set(schema.columns), name
     # the calibration table is the selection table plus how long each model trained
     assert tables.columns("calibration") == tables.columns("selection") + ["epochs", "steps"]
-    assert tables.CURVE_COLUMNS == tables.columns("curves")[:6] and "n" not in tables.CURVE_COLUMNS
+    assert train.CURVE_COLUMNS == tables.columns("curves")[:6] and "n" not in train.CURVE_COLUMNS
 
 
-@pytest.mark.parametrize("name", sorted(tables.SCHEMAS))
+@pytest.mark.parametrize("name", sorted(tables.names()))
 def test_write_refuses_rows_without_a_column(tmp_path, name):
     frame = SAMPLES[name]().drop(columns=[tables.columns(name)[-1]])
     with pytest.raises(ValueError, match=rf"{name} rows lack column\(s\) \['{tables.columns(name)[-1]}'\]"):
@@ -139,8 +140,8 @@ def test_concat_adds_the_run_keys_and_keeps_only_the_current_grid(tmp_path, monk
         run.mkdir(parents=True)
         metrics = {k: v for k, v in r.items() if k not in ("n", "seed")} | {"nested": {"x": 1}}
         (run / "metrics.json").write_text(json.dumps(metrics))
-    inputs = layout.table_inputs(Study.of(params), "training")
-    tables.concat(inputs, "training", tmp_path / "training.csv")
+    study = Study.of(params)
+    tables.concat(study, "training", tmp_path / "training.csv")
     out = pd.read_csv(tmp_path / "training.csv")
     assert out.columns.tolist() == tables.columns("training")
     assert out["n"].tolist() == [2, 4]                     # n = 8 is not in the grid
@@ -148,4 +149,4 @@ def test_concat_adds_the_run_keys_and_keeps_only_the_current_grid(tmp_path, monk
                                   check_dtype=False)
     (tmp_path / "results" / "train" / "mnist5k" / "n4-s0" / "metrics.json").unlink()
     with pytest.raises(UserError, match=r"n4-s0/metrics\.json: input file not found"):
-        tables.concat(inputs, "training", tmp_path / "training.csv")
+        tables.concat(study, "training", tmp_path / "training.csv")

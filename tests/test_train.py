@@ -19,7 +19,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from softmoe import data, tables, train
+from softmoe import modelfile, data, tables, train
 from softmoe.errors import UserError
 from softmoe.models import MnistSoftMoE
 from softmoe.params import Study
@@ -195,7 +195,7 @@ def test_cuda_out_of_memory_says_reduce_batch_size(params, mnist5k, tmp_path, mo
 def test_load_trained_returns_the_weights_and_refuses_other_runs(params, mnist5k, tmp_path):
     params["train"]["max_steps"] = 8
     _train(params, mnist5k, 4, 0, tmp_path)
-    model = train.load_trained(tmp_path, _model(params), expect={"dataset": "mnist5k", "n": 4, "seed": 0})
+    model = modelfile.load_trained(tmp_path, _model(params), expect={"dataset": "mnist5k", "n": 4, "seed": 0})
     assert not model.training and model.moe.num_experts == 4
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
@@ -205,14 +205,14 @@ def test_load_trained_returns_the_weights_and_refuses_other_runs(params, mnist5k
         accuracy = (model(inputs).argmax(1) == labels).sum().item() / len(labels)
     assert accuracy == json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"]
     with pytest.raises(UserError, match=r"n='4' \(expected '8'\)"):
-        train.load_trained(tmp_path, _model(params), expect={"n": 8})
+        modelfile.load_trained(tmp_path, _model(params), expect={"n": 8})
     with pytest.raises(UserError, match=r"dataset='mnist5k' \(expected 'cifar10'\)"):
-        train.load_trained(tmp_path, _model(params), expect={"dataset": "cifar10"})
+        modelfile.load_trained(tmp_path, _model(params), expect={"dataset": "cifar10"})
     params["model"] = {"kind": "vit"}
     with pytest.raises(UserError, match=r"kind='mnist' \(expected 'vit'\)"):
-        train.load_trained(tmp_path, _model(params))
+        modelfile.load_trained(tmp_path, _model(params))
     with pytest.raises(UserError, match="not found"):
-        train.load_trained(tmp_path / "missing", _model(params))
+        modelfile.load_trained(tmp_path / "missing", _model(params))
 
 
 # ---- the ViT recipe: LAMB, cosine + warmup, mixup/cutmix, label smoothing, dropout ----------
@@ -266,7 +266,7 @@ def test_vit_recipe_resumes_bitwise_with_random_augmentation(tiny_vit, tmp_path,
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "killed")
     with safe_open(str(tmp_path / "straight" / "model.safetensors"), framework="pt") as f:
         assert f.metadata()["img_size"] == "16" and f.metadata()["in_chans"] == "3"
-    model = train.load_trained(tmp_path / "straight", _model(p), expect={"dataset": "cifar10", "n": 4})
+    model = modelfile.load_trained(tmp_path / "straight", _model(p), expect={"dataset": "cifar10", "n": 4})
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
 
 

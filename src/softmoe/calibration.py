@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softmoe import evaluate, tables, train
+from softmoe import atomic, evaluate, train
 from softmoe.params import Calibration, Study, Train
 
 
@@ -25,4 +25,4 @@ def calibrate(study: Study, data_dir: Path, n: int, seed: int, out: Path) -> Non
     frame = evaluate.selection_rows(study.evaluate, recipe, study.model, study.dataset_entry,
                                     data_dir, Path(out))
     frame["epochs"], frame["steps"] = metrics["epochs"], metrics["steps"]
-    tables.write(Path(out) / "selection.csv", frame, "calibration")
+    atomic.write_csv(Path(out) / "selection.csv", frame)

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from softmoe.errors import UserError
-from softmoe.layout import TABLE_SOURCES
 
 
 def _study(args):
-    """The --params file, validated, as typed sections (softmoe.params.Study)."""
+    """The --params file with its --overlay files merged on, validated, as typed sections
+    (softmoe.params.Study)."""
     from softmoe import params
-    return params.load_study(args.params)
+    return params.load_study(args.params, args.overlay)
 
 
 # Read by OpenMP/BLAS libraries when they load, by child processes, and by Lightning's DDP
@@ -45,11 +45,15 @@ def _keep_freed_memory() -> None:
 
 def _threads(args) -> None:
     """Set up a compute step: --threads compute threads (Snakemake's {threads} for the job) for
-    torch's intra-op and inter-op pools and, through THREAD_ENV, the libraries loaded later; and
-    malloc keeps freed memory (`_keep_freed_memory`)."""
+    torch's intra-op and inter-op pools and, through THREAD_ENV, the libraries loaded later;
+    malloc keeps freed memory (`_keep_freed_memory`); and the CPU code paths are pinned to AVX2
+    (softmoe.numerics.pin) before torch is imported, so that runs give the same bytes on any x86
+    CPU with AVX2."""
+    from softmoe import numerics
     _keep_freed_memory()
     for name in THREAD_ENV:
         os.environ[name] = str(args.threads)
+    numerics.pin()
     import torch
     torch.set_num_threads(args.threads)
     if torch.get_num_interop_threads() != args.threads:
@@ -66,6 +70,19 @@ def cmd_validate(args):
         atomic.write_text(args.out, "params valid\n")
     print(f"{args.params}: valid (dataset {study.dataset}, experts {list(study.experts)}, "
           f"seeds {list(study.seeds)})")
+
+
+def cmd_params(args):
+    import yaml
+    from softmoe import atomic, params
+    merged = params.load(args.params, args.overlay)   # validated before anything is written
+    given = " ".join([f"--params {args.params}", *(f"--overlay {o}" for o in args.overlay)])
+    text = (f"# Written by `softmoe params {given}`: merged and validated (docs/scale-out.md).\n"
+            + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None))
+    if args.out == "-":
+        print(text, end="")
+    else:
+        atomic.write_text(args.out, text)
 
 
 def cmd_prepare(args):
@@ -104,8 +121,8 @@ def cmd_evaluate(args):
 
 
 def cmd_tabulate(args):
-    from softmoe import layout, tables
-    tables.concat(layout.table_inputs(_study(args), args.table), args.table, Path(args.out))
+    from softmoe import tables
+    tables.concat(_study(args), args.table, Path(args.out))
 
 
 def cmd_calibrate(args):
@@ -114,17 +131,26 @@ def cmd_calibrate(args):
     calibration.calibrate(_study(args), Path(args.data), args.experts, args.seed, Path(args.out))
 
 
+def cmd_hypothesis(args):
+    _threads(args)
+    from softmoe import hypothesis_run
+    hypothesis_run.run(_study(args), args.name, Path(args.data), args.experts, args.seed, Path(args.out))
+
+
+def cmd_hypotheses(args):
+    from softmoe import hypotheses
+    hypotheses.write(_study(args), Path(args.tables), Path(args.out))
+
+
 def cmd_claims(args):
     from softmoe import claims
     gpu = Path(args.gpu) if args.gpu and Path(args.gpu).is_file() else None
-    study = _study(args)
-    claims.write_claims(study.dataset, study.model, study.evaluate, Path(args.tables), gpu, Path(args.out),
-                        Path(args.discrepancies))
+    claims.write_claims(_study(args), Path(args.tables), gpu, Path(args.out), Path(args.discrepancies))
 
 
 def cmd_summarize(args):
     from softmoe import summary
-    summary.summarize(_study(args).dataset, Path(args.tables), Path(args.out))
+    summary.summarize(_study(args).dataset, Path(args.tables), Path(args.out), Path(args.machine))
 
 
 def cmd_latency(args):
@@ -138,15 +164,28 @@ def cmd_latency(args):
 
 def cmd_figures(args):
     from softmoe import figures
-    study = _study(args)
-    figures.make_figures(study.dataset, study.evaluate, study.synthetic, Path(args.tables), Path(args.out))
+    figures.make_figures(_study(args), Path(args.tables), Path(args.out))
 
 
 def cmd_report(args):
     from softmoe import report
-    report.build_report(_study(args), Path(args.params), Path(args.tables), Path(args.figures),
+    # The provenance names the study's own file: the overlay (`--configfile` in the reproduce line) if any.
+    report.build_report(_study(args), Path((args.overlay or [args.params])[-1]), Path(args.tables), Path(args.figures),
                         Path(args.claims), Path(args.benchmarks), [Path(p) for p in args.hash],
                         Path(args.html), Path(args.md))
+
+
+def cmd_crate(args):
+    from softmoe import crate, params, stages
+    raw = params.load(args.params, args.overlay)
+    code = sorted({c for step in stages.STEPS for c in stages.code(step)})   # as the report lists them
+    out = crate.write_crate(Path(args.out), [Path(args.params), *map(Path, args.overlay)], raw, Path(args.claims),
+                            [Path(p) for p in args.hash], [Path(c) for c in code])
+    if args.validate:
+        issues = crate.validate(out.parent)
+        if issues:
+            raise UserError(f"{out}: roc-validator rejects the crate as {crate.PROFILE}:\n" + "\n".join(issues))
+    print(f"{out}: Workflow Run RO-Crate" + (f", valid as {crate.PROFILE} (offline)" if args.validate else ""))
 
 
 def cmd_bench(args):
@@ -170,6 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     def step(name, func, help_, threads=False):
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+        p.add_argument("--overlay", action="append", default=[], metavar="FILE",
+                       help="params overlay (config/*.yaml: only what differs) merged onto --params; "
+                            "repeatable, later ones win (docs/scale-out.md)")
         if threads:
             p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
         p.set_defaults(func=func)
@@ -177,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = step("validate", cmd_validate, "check params.yaml against the schema and exit")
     p.add_argument("--out", help="also write a marker file when valid (DVC's first stage)")
+    p = step("params", cmd_params, "write --params with its --overlay files merged on, validated, as one "
+             "complete params file (for `dvc repro`, which reads params.yaml only)")
+    p.add_argument("--out", required=True, help="output params file, e.g. params.yaml ('-': print it)")
     p = step("prepare", cmd_prepare, "prepare one dataset under data/<dataset>/ with a manifest")
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True, help="output folder, e.g. data/mnist5k")
@@ -198,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="training run folder")
     p.add_argument("--out", required=True, help="output CSV (tidy rows)")
     p = step("tabulate", cmd_tabulate, "concatenate the grid's per-run files into one tidy CSV")
-    p.add_argument("--table", required=True, choices=sorted(TABLE_SOURCES))
+    p.add_argument("--table", required=True, help="a table made of per-run files (softmoe.experiments)")
     p.add_argument("--out", required=True)
     p = step("calibrate", cmd_calibrate, "train one model of the grid for the paper's epochs instead of "
              "its steps, and evaluate it (docs/study.md §7)", threads=True)
@@ -206,6 +251,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", type=int, required=True, help="number of experts n")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="run folder, e.g. results/calibration/mnist5k/n16-s0")
+    p = step("hypothesis", cmd_hypothesis, "train one run of a hypothesis (params.yaml `hypotheses`) with its "
+             "overrides and evaluate it like the grid (docs/hypotheses.md)", threads=True)
+    p.add_argument("--name", required=True, help="the hypothesis, a key of `hypotheses`")
+    p.add_argument("--data", required=True, help="prepared data folder")
+    p.add_argument("--experts", type=int, required=True, help="number of experts n")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="run folder, e.g. results/hypotheses/mnist5k/authors_recipe/n32-s0")
+    p = step("hypotheses", cmd_hypotheses, "compare every hypothesis with the grid on its quantity: effect, "
+             "interval, share of the gap to the paper (metrics/hypotheses.json)")
+    p.add_argument("--tables", required=True, help="folder of the study's tables")
+    p.add_argument("--out", required=True, help="output JSON, e.g. metrics/hypotheses.json")
     p = step("claims", cmd_claims, "judge the paper's claims on the tables: metrics/claims.json and the "
              "discrepancies table")
     p.add_argument("--tables", required=True, help="folder of the study's tables")
@@ -213,8 +269,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="claims JSON, e.g. metrics/claims.json")
     p.add_argument("--discrepancies", required=True, help="output CSV of every comparison with the paper")
     p = step("summarize", cmd_summarize, "write the study's headline metrics JSON (dvc metrics)")
-    p.add_argument("--tables", required=True, help="folder with selection.csv and training.csv")
+    p.add_argument("--tables", required=True, help="folder with selection.csv, training.csv and training_time.csv")
     p.add_argument("--out", required=True)
+    p.add_argument("--machine", required=True, help="output JSON of where the grid was trained (CPU models, "
+                   "code paths), e.g. metrics/mnist5k-machine.json")
     p = step("latency", cmd_latency, "time the Soft MoE layers (each n of the first training seed, and the wide layer) with only k experts running (E4)", threads=True)
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--hardware", required=True, help="output JSON describing the machine")
@@ -230,6 +288,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="a file or folder whose files' md5 the report lists (repeatable)")
     p.add_argument("--html", required=True)
     p.add_argument("--md", required=True)
+    p = step("crate", cmd_crate, "describe the finished run as a Workflow Run RO-Crate (docs/sharing.md)")
+    p.add_argument("--claims", required=True, help="claims JSON written by `softmoe claims`")
+    p.add_argument("--hash", action="append", default=[], metavar="PATH",
+                   help="an output file or folder the crate lists with sha256 (repeatable; as the report's --hash)")
+    p.add_argument("--out", default="ro-crate-metadata.json",
+                   help="the crate's metadata file, in the crate root (default ro-crate-metadata.json)")
+    p.add_argument("--validate", action="store_true",
+                   help="then check it with roc-validator against workflow-run-crate, offline")
     p = step("bench", cmd_bench, "layer and selective-inference benchmarks", threads=True)
     p.add_argument("--out", default="reports/benchmarks.json")
     p.add_argument("--md", default="reports/benchmarks.md")

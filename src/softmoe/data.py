@@ -252,6 +252,17 @@ def _check_tensors(images, labels, manifest: dict, size: int, path: Path) -> Non
                         f"{_rerun(path.parent)}")
 
 
+def train_order(size: int, order_seed: int, subset: int | None = None) -> np.ndarray:
+    """Indices of a training split of `size` images in the order of the permutation drawn from
+    `order_seed`, cut to its first `subset` (all when None): the same seed gives nested subsets
+    (the first 1,000 are among the first 2,000), and the order is fixed, not drawn per run
+    (params.yaml hypotheses: `overrides.data`, docs/hypotheses.md)."""
+    if subset is not None and not 1 <= subset <= size:
+        raise UserError(f"key 'data.train_subset': {subset} images asked for, the training split "
+                        f"has {size}; use 1..{size}")
+    return np.random.default_rng(order_seed).permutation(size)[:subset]
+
+
 def model_inputs(images: torch.Tensor, train: Train, model: Model) -> torch.Tensor:
     """uint8 images (B, C, H, W) -> float32 model input: /255, then (x - mean) / std per channel
     from train.normalize_mean/std; ViT and Astroformer models also get images resized

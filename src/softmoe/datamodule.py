@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from softmoe.data import _imagefolder_split, load_split, read_manifest
+from softmoe.data import _imagefolder_split, load_split, read_manifest, train_order
 from softmoe.errors import UserError
 from softmoe.params import Dataset as Entry, Model, Train
 from softmoe.vision import import_torchvision
@@ -172,10 +172,12 @@ class ImageDataModule(pl.LightningDataModule):
     module doc). The test split is read in order, whole, by every process (also as the per-epoch
     validation set)."""
 
-    def __init__(self, train: Train, model: Model, entry: Entry, data_dir: Path, seed: int):
+    def __init__(self, train: Train, model: Model, entry: Entry, data_dir: Path, seed: int,
+                 order: dict | None = None):
         super().__init__()
         self.train, self.model, self.entry = train, model, entry
         self.data_dir, self.seed = Path(data_dir), seed
+        self.order = order    # {order_seed, train_subset}: a fixed order / nested subset (data.train_order)
         self.manifest = read_manifest(self.data_dir, entry)
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -197,11 +199,19 @@ class ImageDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         if self.in_memory:
-            self.train_set = self._train_images(*load_split(self.data_dir, "train", self.entry))
+            images, labels = load_split(self.data_dir, "train", self.entry)
+            if self.order:
+                idx = torch.from_numpy(train_order(len(labels), self.order.get("order_seed", 0),
+                                                   self.order.get("train_subset")))
+                images, labels = images[idx], labels[idx]
+            self.train_set = self._train_images(images, labels)
             self.test_set = InMemoryImages(*load_split(self.data_dir, "test", self.entry))
             return
+        if self.order:
+            raise UserError(f"key 'data' of a hypothesis: a fixed order or subset applies to datasets "
+                            f"held in memory, not to the ImageFolder tree of {self.entry.name}")
         if self.train.augment != "none":
-            raise UserError(f"key 'train.augment': {self.train.augment!r} applies to datasets held "
+            raise UserError(f"key 'train.augment'': {self.train.augment!r} applies to datasets held "
                             f"in memory; the ImageFolder train split of {self.entry.name} already "
                             "gets a random resized crop and flip: set `augment: none`")
         root = Path(self.manifest["params"]["root"])

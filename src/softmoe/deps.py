@@ -12,20 +12,17 @@ A step's code is found by static analysis (ast), never listed by hand:
 src/softmoe/__init__.py is a dep only when a name is imported from it; tests/test_deps.py
 keeps it free of code so that importing the package runs nothing else.
 
-stages.code() serves these lists to Snakemake; `python -m softmoe.deps --check dvc.yaml`
+stages.code() serves these lists to Snakemake; `python -m softmoe.stages --check dvc.yaml`
 compares them with dvc.yaml's `deps:` and prints the lines to add or remove. ALLOWED and
-FORBIDDEN are the direction rules of the import graph (`--graph` prints it)."""
+FORBIDDEN are the direction rules of the import graph (`python -m softmoe.stages --graph`
+prints it). This module imports nothing of the package but errors, since the train step
+imports it for its code identity."""
 from __future__ import annotations
 
-import argparse
 import ast
-import sys
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
-from softmoe import atomic
 from softmoe.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -110,15 +107,27 @@ def _scan(text: str, filename: str) -> tuple[ast.Module, list[tuple[ast.Import |
 
 
 def imports(name: str, root: Path = PACKAGE) -> dict[str, bool]:
-    """softmoe module -> whether `name` imports it at module level (False: only inside a function)."""
+    """softmoe module -> whether `name` imports it at module level (False: only inside a function).
+    A package whose __init__.py sets DISCOVERS_SUBMODULES (a registry that imports its modules by
+    name, softmoe.experiments) imports every module of the package, lazily."""
     path = module_file(name, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree, statements, _ = _scan(path.read_text(), str(path))
     found: dict[str, bool] = {}
-    for node, top in _scan(path.read_text(), str(path))[1]:
+    for node, top in statements:
         for mod in _imported(node, package, root):
             found[mod] = found.get(mod, False) or top
+    if path.name == "__init__.py" and _discovers(tree):
+        for sub in sorted(path.parent.glob("*.py")):
+            if sub.name != "__init__.py":
+                found.setdefault(f"{name}.{sub.stem}", False)
     found.pop(name, None)
     return found
+
+
+def _discovers(tree: ast.Module) -> bool:
+    return any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DISCOVERS_SUBMODULES"
+                                                  for t in n.targets) for n in tree.body)
 
 
 def _data_files(root: Path) -> dict[str, str]:
@@ -228,90 +237,3 @@ def violations(root: Path = PACKAGE) -> list[tuple[str, str]]:
             rules[f"ALLOWED[{mod}]"] = reached - ALLOWED[mod]
         out += [(rule, " -> ".join(_path(mod, goal, root))) for rule, goals in rules.items() for goal in sorted(goals)]
     return out
-
-
-def _dvc_steps(dvc_yaml: Path) -> dict[str, tuple[str, set[str] | None]]:
-    """dvc.yaml stage -> (the softmoe step its cmd runs, the src/ files its deps list; None: no deps)."""
-    out = {}
-    for stage, spec in yaml.safe_load(Path(dvc_yaml).read_text())["stages"].items():
-        body = spec.get("do", spec)
-        words = body["cmd"].split()
-        if words[0] == "softmoe":
-            listed = body.get("deps")
-            out[stage] = (words[1], None if listed is None else
-                          {d for d in listed if isinstance(d, str) and d.startswith("src/")})
-    return out
-
-
-def check_dvc(dvc_yaml: Path, root: Path = PACKAGE) -> list[str]:
-    """One line per src/ dep that a dvc.yaml stage lacks or lists in excess of its step's derived deps."""
-    problems = []
-    for stage, (step, listed) in _dvc_steps(dvc_yaml).items():
-        derived, listed = set(step_deps(step, root)), listed or set()
-        problems += [f"{dvc_yaml}: stage {stage} (softmoe {step}) imports {dep}: add `- {dep}` to its deps"
-                     for dep in sorted(derived - listed)]
-        problems += [f"{dvc_yaml}: stage {stage} (softmoe {step}) does not use {dep}: remove it from its deps"
-                     for dep in sorted(listed - derived)]
-    return problems
-
-
-def write_dvc(dvc_yaml: Path, root: Path = PACKAGE) -> None:
-    """Rewrite, in place, the src/ lines of every softmoe stage's `deps:` list with the derived
-    ones (after its other deps); every other line of the file stays as it is."""
-    steps = _dvc_steps(dvc_yaml)
-    bare = [stage for stage, (_, listed) in steps.items() if listed is None]
-    if bare:
-        raise UserError(f"{dvc_yaml}: stage(s) {', '.join(bare)} have no `deps:` list; add one, then rerun")
-    lines, out, stage, i = Path(dvc_yaml).read_text().splitlines(keepends=True), [], None, 0
-    while i < len(lines):
-        line = lines[i]
-        out.append(line)
-        i += 1
-        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
-            stage = line.strip()[:-1]  # a stage name (dvc.yaml indents stages by two spaces)
-        if stage in steps and line.strip() == "deps:":
-            indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
-            while i < len(lines) and lines[i].startswith(indent + "- "):
-                if not lines[i].startswith(indent + "- src/"):
-                    out.append(lines[i])
-                i += 1
-            out += [f"{indent}- {dep}\n" for dep in step_deps(steps[stage][0], root)]
-    atomic.write_text(dvc_yaml, "".join(out))
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m softmoe.deps", description=__doc__.splitlines()[0])
-    ap.add_argument("--check", metavar="DVC_YAML", help="compare a dvc.yaml's src deps with the derived ones")
-    ap.add_argument("--write", metavar="DVC_YAML", help="rewrite a dvc.yaml's src deps with the derived ones")
-    ap.add_argument("--graph", action="store_true", help="print the import graph and rule violations")
-    ap.add_argument("step", nargs="*", help="steps whose code deps to print (default: every cmd_<step>)")
-    args = ap.parse_args(argv)
-    try:
-        return _run(args)
-    except UserError as err:
-        print(f"python -m softmoe.deps: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.check:
-        problems = check_dvc(Path(args.check))
-        print("\n".join(problems) or f"{args.check}: every stage lists exactly its code deps")
-        return 1 if problems else 0
-    if args.write:
-        write_dvc(Path(args.write))
-        return 0
-    if args.graph:
-        print(graph(), end="")
-        broken = violations()
-        print("\nrule violations:\n" + ("\n".join(f"{rule}: {chain}" for rule, chain in broken) or "none"))
-        return 0
-    tree = _tree(module_file("cli"))
-    steps = args.step or [n.name[4:] for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("cmd_")]
-    for step in steps:
-        print(f"{step}: {' '.join(step_deps(step))}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,6 +12,11 @@ Rows are written for every renormalize mode of params (the "all" row, k = n, is 
 number in both, so that each mode is a complete curve). z = (accuracy_alg1 - mean_random) /
 std_random (ddof=1) follows IEEE division: +-inf when the random accuracies do not vary but
 Algorithm 1 differs from them, NaN when they are equal too.
+
+`diff_sd` (Algorithm 1 rows only) is the sd over test images (ddof=1) of d_i = correct_alg1_i -
+mean over random seeds of correct_random_i at the same k and mode: the test-sampling term of the
+paired interval of Algorithm 1 minus random (softmoe.inference.paired_mean). Both paths
+accumulate the sums of d_i and d_i² per k over batches, so it is exact.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 import torch
 
-from softmoe import modelfile, tables
+from softmoe import atomic, modelfile
 from softmoe.errors import UserError
 from softmoe.params import Dataset, Evaluate, Model, Train
 from softmoe.selection import oracle_subsets, random_experts, select_experts
@@ -37,32 +42,20 @@ def evaluate_run(evaluate: Evaluate, train: Train, model: Model, entry: Dataset,
     """Write the tidy selection table of one trained run (docs/architecture.md) on the test split
     of the prepared data (checked against the dataset entry), under params.evaluate; train and
     model: the params sections the run was trained with (its inputs and its model)."""
-    tables.write(out_csv, selection_rows(evaluate, train, model, entry, data_dir, run_dir), "selection")
+    atomic.write_csv(out_csv, selection_rows(evaluate, train, model, entry, data_dir, run_dir))
 
 
 def selection_rows(evaluate: Evaluate, train: Train, model: Model, entry: Dataset, data_dir: Path,
                    run_dir: Path) -> pd.DataFrame:
     """The selection rows of one trained run, with its dataset, n and seed."""
-    from softmoe import train as training
-
-    net = training.load_trained(run_dir, model, expect={"dataset": entry.name})
-    meta = run_metadata(run_dir)
+    net = modelfile.load_trained(run_dir, model, expect={"dataset": entry.name})
+    meta = modelfile.run_metadata(run_dir)
     total, batches = _test_batches(evaluate.batch_size, train, model, entry, Path(data_dir))
     frame = selection_table(net, batches, total, evaluate)
     frame.insert(0, "seed", int(meta["seed"]))
     frame.insert(0, "n", int(meta["n"]))
     frame.insert(0, "dataset", meta["dataset"])
     return frame
-
-
-def run_metadata(run_dir: Path) -> dict[str, str]:
-    """The metadata strings of a run's model.safetensors (dataset, n, seed, kind, img_size, ...)."""
-    path = Path(run_dir) / "model.safetensors"
-    meta, _ = modelfile.read(path, "train the run first (`softmoe train`)", weights=False)
-    missing = [key for key in ("dataset", "n", "seed", "img_size", "in_chans") if key not in meta]
-    if missing:
-        raise UserError(f"{path}: metadata lacks {missing}; retrain the run with this version")
-    return meta
 
 
 def _test_batches(size: int, train: Train, model: Model, entry: Dataset, data_dir: Path
@@ -105,7 +98,8 @@ def _correct_counts(model, batches, total, ks, modes, cfg, oracle_k) -> dict:
     """Number of correct test inputs per method, summed over batches.
 
     Keys: "all" -> int; ("alg1", r) -> (len(ks),); ("random", r) -> (seeds, len(ks));
-    ("oracle", r) -> (correct int, best-subset indices (N,)). Input i of the test set keeps
+    ("diff", r) -> (2, len(ks)) float64 sums of d_i and d_i² (d_i: alg1 hit minus the mean random
+    hit of input i); ("oracle", r) -> (correct int, best-subset indices (N,)). Input i of the test set keeps
     the first k experts of random permutation i of each seed (selection.random_experts).
     """
     n = model.num_experts
@@ -145,8 +139,11 @@ def _fast_counts(model, x, y, ks, modes, random_orders, oracle_k, oracle_limit) 
     alg1 = _prefix_hits(contributions, mass, select_experts(mass, mass.shape[2]), y, modes)
     randoms = [_prefix_hits(contributions, mass, order, y, modes) for order in random_orders]
     for r in modes:
-        counts[("alg1", r)] = alg1[r][idx].cpu()
-        counts[("random", r)] = torch.stack([hits[r][idx] for hits in randoms]).cpu()
+        alg1_hits = alg1[r][:, idx]                                          # (b, ks)
+        random_hits = torch.stack([hits[r][:, idx] for hits in randoms])     # (seeds, b, ks)
+        counts[("alg1", r)] = alg1_hits.sum(dim=0).cpu()
+        counts[("random", r)] = random_hits.sum(dim=1).cpu()
+        counts[("diff", r)] = _diff_sums(alg1_hits, random_hits)
         if oracle_k is not None:
             result = _oracle(contributions, mass, y, oracle_k, oracle_limit, r)
             counts[("oracle", r)] = (int(result.correct.sum()), result.best)
@@ -154,10 +151,17 @@ def _fast_counts(model, x, y, ks, modes, random_orders, oracle_k, oracle_limit) 
 
 
 def _prefix_hits(contributions, mass, order, y, modes) -> dict[bool, torch.Tensor]:
-    """For k = 1..n, correct inputs when input b keeps its first k experts of order[b]:
-    {renormalize: (n,) counts}."""
+    """For k = 1..n, whether input b is correct when it keeps its first k experts of order[b]:
+    {renormalize: (b, n) bool}."""
     prefix = _ordered_prefix(contributions, order)
-    return {r: _hits(prefix_logits(prefix, mass, order, r), y.unsqueeze(1)).sum(dim=0) for r in modes}
+    return {r: _hits(prefix_logits(prefix, mass, order, r), y.unsqueeze(1)) for r in modes}
+
+
+def _diff_sums(alg1_hits: torch.Tensor, random_hits: torch.Tensor) -> torch.Tensor:
+    """(2, ks) float64 on the CPU: sums over the batch of d_i and d_i², d_i = alg1 hit (b, ks) minus
+    the mean over seeds of the random hits (seeds, b, ks)."""
+    d = alg1_hits.double() - random_hits.double().mean(dim=0)
+    return torch.stack([d.sum(dim=0), (d * d).sum(dim=0)]).cpu()
 
 
 def _ordered_prefix(contributions: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -191,10 +195,12 @@ def _generic_counts(model, x, y, ks, modes, random_orders) -> dict:
     """Counts from the model's own forward pass: Algorithm 1 via k, random subsets via keep."""
     counts = {"all": int(_hits(model(x), y).sum())}
     for r in modes:
-        counts[("alg1", r)] = torch.tensor([int(_hits(model(x, k=k, renormalize=r), y).sum()) for k in ks])
-        counts[("random", r)] = torch.tensor(
-            [[int(_hits(model(x, keep=order[:, :k], renormalize=r), y).sum()) for k in ks]
-             for order in random_orders])
+        alg1_hits = torch.stack([_hits(model(x, k=k, renormalize=r), y) for k in ks], dim=1)   # (b, ks)
+        random_hits = torch.stack([torch.stack([_hits(model(x, keep=order[:, :k], renormalize=r), y)
+                                                for k in ks], dim=1) for order in random_orders])
+        counts[("alg1", r)] = alg1_hits.sum(dim=0).cpu()
+        counts[("random", r)] = random_hits.sum(dim=1).cpu()
+        counts[("diff", r)] = _diff_sums(alg1_hits, random_hits)
     return counts
 
 
@@ -209,8 +215,10 @@ def _rows(counts, n, ks, modes, seeds, oracle_k, total) -> pd.DataFrame:
         alg1 = counts[("alg1", r)].double() / total                       # (ks,)
         random = counts[("random", r)].double() / total                   # (seeds, ks)
         mean, std = random.mean(dim=0), random.std(dim=0, correction=1)
+        diff_sd = _sd_from_sums(counts[("diff", r)], total)                  # (ks,)
         for i, k in enumerate(ks):
-            rows.append(_row(k, n, "alg1", r, alg1[i].item(), z=z_score(alg1[i], mean[i], std[i])))
+            rows.append(_row(k, n, "alg1", r, alg1[i].item(), z=z_score(alg1[i], mean[i], std[i]),
+                             diff_sd=diff_sd[i].item()))
             rows.append(_row(k, n, "random", r, mean[i].item(), std=std[i].item(), count=len(seeds)))
         if oracle_k is not None:
             correct, best = counts[("oracle", r)]
@@ -221,6 +229,16 @@ def _rows(counts, n, ks, modes, seeds, oracle_k, total) -> pd.DataFrame:
     return frame
 
 
-def _row(k, n, method, renormalize, accuracy, std=math.nan, z=math.nan, count=None) -> dict:
+def _sd_from_sums(sums: torch.Tensor, total: int) -> torch.Tensor:
+    """Sample sd (ddof=1) over `total` values from their sum and sum of squares (2, ks); NaN for
+    a single value."""
+    if total < 2:
+        return torch.full(sums.shape[1:], math.nan, dtype=torch.float64)
+    total_sum, squares = sums.double()
+    return ((squares - total_sum * total_sum / total) / (total - 1)).clamp(min=0.0).sqrt()
+
+
+def _row(k, n, method, renormalize, accuracy, std=math.nan, z=math.nan, count=None,
+         diff_sd=math.nan) -> dict:
     return {"k": k, "k_frac": k / n, "method": method, "renormalize": renormalize,
-            "accuracy": accuracy, "std": std, "z": z, "count": count}
+            "accuracy": accuracy, "std": std, "z": z, "count": count, "diff_sd": diff_sd}

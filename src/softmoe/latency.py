@@ -15,28 +15,31 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from softmoe import atomic, tables, timing
+from softmoe import atomic, timing
 from softmoe.layer import SoftMoE
 from softmoe.params import Latency, Model, Wide
 from softmoe.stats import latency_ks
+
+# latency.csv (the E4 table, softmoe.experiments.e4_latency checks it when read)
+COLUMNS = ["config", "n", "k", "k_frac", "batch", "device", "median_ms", "q25_ms", "q75_ms", "repeats", "ratio",
+           "ideal", "flops", "flop_ratio"]
 
 
 def measure(cfg: Latency, model: Model, run_dirs: list[Path], out_csv: Path, hardware_json: Path) -> None:
     """Time every trained run's Soft MoE layers (runs of params.model) and the wide
     configuration under params.latency; write latency.csv and the hardware description."""
-    from softmoe import train
-    from softmoe.evaluate import run_metadata
+    from softmoe import modelfile
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for run_dir in run_dirs:
-        net = train.load_trained(run_dir, model)
-        meta = run_metadata(run_dir)
+        net = modelfile.load_trained(run_dir, model)
+        meta = modelfile.run_metadata(run_dir)
         layers, shape = trained_layers(net, meta)
         rows += time_config(f"{meta['dataset']}/{Path(run_dir).name}", layers, shape, cfg, device)
     wide = cfg.wide
     rows += time_config("wide", wide_layers(wide), (wide.tokens, wide.dim), cfg, device)
-    tables.write(out_csv, pd.DataFrame(rows, columns=tables.columns("latency")), "latency")
+    atomic.write_csv(out_csv, pd.DataFrame(rows, columns=COLUMNS))
     atomic.write_json(hardware_json, timing.hardware())
 
 

@@ -1,5 +1,6 @@
 """Where every step's outputs live: the one path layout that Snakemake, DVC and the CLI share.
 
+Which table collects which per-run files is declared by each experiment (softmoe.experiments).
 The templates use Snakemake's wildcard syntax, so the Snakefile uses them as rule patterns,
 dvc.yaml spells the same paths with ${...}, and a test checks that both engines agree. The grid
 functions read a softmoe.params.Study (or its sections) by attribute: layout imports nothing of
@@ -14,23 +15,16 @@ SYNTHETIC = "results/synthetic/v{variance}/{tokens}/n{n}"
 PROOF = "results/synthetic/v{variance}/{tokens}/proof.csv"
 EVAL = "results/eval/{dataset}/n{n}-s{seed}.csv"
 CALIBRATION = "results/calibration/{dataset}/n{n}-s{seed}"
+HYPOTHESIS = "results/hypotheses/{dataset}/{name}/n{n}-s{seed}"    # one trained run of a hypothesis
+HYPOTHESES = "metrics/hypotheses.json"
 TABLES = "results/tables/{dataset}"
 METRICS = "metrics/{dataset}.json"
+MACHINE = "metrics/{dataset}-machine.json"   # where the grid was trained (not science)
 CLAIMS = "metrics/claims.json"
 DISCREPANCIES = TABLES + "/discrepancies.csv"
 GPU_BENCHMARKS = "reports/benchmarks-gpu.json"   # written on a GPU machine (benchmarks/gpu.sh)
 FIGURES = "reports/figures"
 BENCHMARKS = "results/benchmarks"
-
-# Each tidy table of results/tables/<dataset>/ and the per-run files it concatenates.
-TABLE_SOURCES = {
-    "training": TRAIN + "/metrics.json",
-    "curves": TRAIN + "/curves.csv",
-    "selection": EVAL,
-    "synthetic_loss": SYNTHETIC + "/loss.csv",
-    "synthetic_proof": PROOF,
-    "calibration": CALIBRATION + "/selection.csv",
-}
 
 
 def runs(study) -> list[dict]:
@@ -55,15 +49,9 @@ def train_dirs(study, first_seed_only: bool = False) -> list[Path]:
             if not first_seed_only or r["seed"] == study.seeds[0]]
 
 
-def table_inputs(study, table: str) -> list[tuple[Path, dict]]:
-    """The files one table is made of, with the wildcards each one filled in (added as columns)."""
-    pattern = TABLE_SOURCES[table]
-    if table == "synthetic_loss":
-        keys = synthetic_runs(study.synthetic)
-    elif table == "synthetic_proof":
-        keys = [{k: r[k] for k in ("variance", "tokens")} for r in synthetic_runs(study.synthetic) if r["n"] == 1]
-    elif table == "calibration":
-        keys = calibration_runs(study.dataset, study.calibration)
-    else:
-        keys = runs(study)
-    return [(Path(pattern.format(**k)), k) for k in keys]
+def hypothesis_runs(study) -> list[dict]:
+    """The (dataset, name, n, seed) of every run trained for a hypothesis (`runs_from: train`)
+    that applies to the study's dataset: its experts x seeds (docs/hypotheses.md)."""
+    return [{"dataset": study.dataset, "name": h.name, "n": n, "seed": s}
+            for h in study.hypotheses.values() if h.runs_from == "train" and study.dataset in h.datasets
+            for n in h.experts for s in h.seeds]

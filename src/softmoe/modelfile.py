@@ -1,4 +1,6 @@
-"""Trained weights on disk: safetensors with string metadata (nothing is unpickled), written atomically."""
+"""Trained weights on disk: safetensors with string metadata (nothing is unpickled), written
+atomically, and read back as the model of params.model (`load_trained`) without the training
+loop, so that evaluating or timing a model does not depend on how it was trained."""
 from __future__ import annotations
 
 import json
@@ -11,7 +13,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from softmoe import atomic
+from softmoe.astroformer import SoftMoEAstroformer
 from softmoe.errors import UserError
+from softmoe.models import MnistSoftMoE, SoftMoEViT
+from softmoe.params import Model
 
 
 def save(path: Path, model: nn.Module, metadata: dict) -> None:
@@ -41,3 +46,51 @@ def read(path: Path, fix: str, weights: bool = True) -> tuple[dict[str, str], di
         return meta, load_file(str(path)) if weights else None
     except (SafetensorError, OSError) as err:
         raise UserError(f"{path}: unreadable ({err}); {fix}") from None
+
+
+def build_model(model: Model, num_experts: int, num_classes: int, in_chans: int = 3,
+                dropout: float = 0.0) -> nn.Module:
+    """The model of params.model (kind "mnist" | "vit" | "astroformer") with n experts; dropout:
+    train.dropout of the ViT and Astroformer models."""
+    if model.kind == "mnist":
+        return MnistSoftMoE(num_experts, num_classes)
+    if model.kind == "vit":
+        return SoftMoEViT(num_classes=num_classes, num_experts=num_experts, drop_rate=dropout,
+                          in_chans=in_chans, **model.options())
+    if model.kind == "astroformer":
+        return SoftMoEAstroformer(num_classes=num_classes, num_experts=num_experts, drop_rate=dropout,
+                                  in_chans=in_chans, **model.options())
+    raise UserError(f"key 'model.kind': {model.kind!r} is not a model; use 'mnist', 'vit' or "
+                    "'astroformer'")
+
+
+def load_trained(run_dir: Path, model: Model, expect: dict | None = None) -> nn.Module:
+    """The trained model (of params.model) of a run folder in eval mode, refused (UserError) when
+    its metadata (kind, and every key of `expect`, e.g. {"dataset": "mnist5k", "n": 16}) differs."""
+    path = Path(run_dir) / "model.safetensors"
+    meta, state = modelfile.read(path, f"train the run (`softmoe train ... --out {run_dir}`)")
+    expected = {"kind": model.kind, **(expect or {})}
+    if expected["kind"] != "mnist":
+        expected.setdefault("img_size", model.img_size)
+    wrong = {k: (meta.get(k), str(v)) for k, v in expected.items() if meta.get(k) != str(v)}
+    if wrong:
+        shown = ", ".join(f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items())
+        raise UserError(f"{path}: a model of another run ({shown}); point at the right run folder "
+                        "or retrain it with the current params.yaml")
+    net = build_model(model, int(meta["n"]), int(meta["num_classes"]), int(meta["in_chans"]))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit the model of params.yaml "
+                        f"({str(err).splitlines()[0]}); retrain the run") from None
+    return net.eval()
+
+
+def run_metadata(run_dir: Path) -> dict[str, str]:
+    """The metadata strings of a run's model.safetensors (dataset, n, seed, kind, img_size, ...)."""
+    path = Path(run_dir) / "model.safetensors"
+    meta, _ = modelfile.read(path, "train the run first (`softmoe train`)", weights=False)
+    missing = [key for key in ("dataset", "n", "seed", "img_size", "in_chans") if key not in meta]
+    if missing:
+        raise UserError(f"{path}: metadata lacks {missing}; retrain the run with this version")
+    return meta

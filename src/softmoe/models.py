@@ -161,20 +161,3 @@ def forward_selected(net: nn.Module, images: torch.Tensor, k: int | None, renorm
     finally:
         for layer in layers:
             layer.k, layer.keep, layer.renormalize = None, None, False
-
-
-def build_model(model: Model, num_experts: int, num_classes: int, in_chans: int = 3,
-                dropout: float = 0.0) -> nn.Module:
-    """The model of params.model (kind "mnist" | "vit" | "astroformer") with n experts; dropout:
-    train.dropout of the ViT and Astroformer models."""
-    if model.kind == "mnist":
-        return MnistSoftMoE(num_experts, num_classes)
-    if model.kind == "vit":
-        return SoftMoEViT(num_classes=num_classes, num_experts=num_experts, drop_rate=dropout,
-                          in_chans=in_chans, **model.options())
-    if model.kind == "astroformer":
-        from softmoe.astroformer import SoftMoEAstroformer
-        return SoftMoEAstroformer(num_classes=num_classes, num_experts=num_experts, drop_rate=dropout,
-                                  in_chans=in_chans, **model.options())
-    raise UserError(f"key 'model.kind': {model.kind!r} is not a model; use 'mnist', 'vit' or "
-                    "'astroformer'")

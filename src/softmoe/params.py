@@ -2,13 +2,17 @@
 its typed sections, built once from the validated file.
 
 API:
-- `load(path) -> dict`: the validated raw mapping (Snakemake's config; provenance hashes it).
-- `load_study(path) -> Study`: the same file, validated, as frozen dataclasses; `Study.of(raw)`
+- `load(path, overlays=()) -> dict`: the validated raw mapping (Snakemake's config; provenance
+  hashes it); each overlay (config/*.yaml: only what differs) is deep-merged onto it first
+  (`merged`: mappings merge key by key, lists and scalars replace), as Snakemake merges
+  `--configfile` files onto params.yaml (docs/scale-out.md, "Overlays").
+- `load_study(path, overlays=()) -> Study`: the same, validated, as frozen dataclasses; `Study.of(raw)`
   builds one from an already validated mapping (tests, Snakemake).
 - `Study` fields are the file's top-level keys: `dataset, experts, seeds, threads` and the
   sections `datasets` ({name: Dataset}), `model: Model`, `train: Train`, `evaluate: Evaluate`,
   `calibration: Calibration`, `synthetic: Synthetic`, `latency: Latency` (with `wide: Wide`),
-  `report: Report`; `Study.dataset_entry` is the Dataset of `dataset` (`Dataset.name`: its key).
+  `report: Report`, `hypotheses` ({name: Hypothesis}, optional); `Study.dataset_entry` is the
+  Dataset of `dataset` (`Dataset.name`: its key).
 - Section fields are the schema's keys of that section (tests/test_params.py checks it); an
   optional key that is absent holds its default. Arrays are tuples. `Model` holds `kind` and the
   kind's options resolved with VIT_DEFAULTS / ASTROFORMER_DEFAULTS (None where the kind has no
@@ -20,10 +24,11 @@ API:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jsonschema
 import yaml
@@ -52,22 +57,61 @@ class ParamsError(UserError, ValueError):
     """An invalid params file; the message names the key and the fix."""
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a params file (as `load`) and build its typed sections."""
-    return Study.of(load(path))
+def load_study(path: str | Path, overlays: Sequence[str | Path] = ()) -> Study:
+    """Read and validate a params file with its overlays (as `load`) and build its typed sections."""
+    return Study.of(load(path, overlays))
 
 
-def load(path: str | Path) -> dict:
-    """Read a params file with a safe YAML loader and validate it."""
+def load(path: str | Path, overlays: Sequence[str | Path] = ()) -> dict:
+    """Read a params file with a safe YAML loader, deep-merge the overlays onto it in order
+    (`merged`) and validate the result; an error names the file that gave the bad key."""
+    layers = [(str(path), _read(path, "params file not found; pass --params <file> (default params.yaml)"))]
+    layers += [(str(o), _read(o, "params overlay not found; check the --overlay (Snakemake: --configfile) "
+                                 "path") or {}) for o in overlays]
+    params = layers[0][1]
+    for source, layer in layers if overlays else ():
+        if not isinstance(layer, dict):
+            raise ParamsError(f"{source}: expected a mapping of keys, got {type(layer).__name__}")
+    for _, overlay in layers[1:]:
+        params = merged(params, overlay)
+    problem = _first_problem(params)
+    if problem:
+        key, message = problem
+        raise ParamsError(f"{_origin(key, layers)}: {message}")
+    return params
+
+
+def merged(base: Any, overlay: Mapping) -> dict:
+    """`overlay` deep-merged onto a copy of `base`: mappings merge key by key, anything else
+    (lists, scalars, null) replaces; the same rule as Snakemake's `--configfile` update_config."""
+    out = dict(base) if isinstance(base, Mapping) else {}
+    for key, value in overlay.items():
+        out[key] = merged(out.get(key), value) if isinstance(value, Mapping) else value
+    return out
+
+
+def _read(path: str | Path, missing: str) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found; pass --params <file> (default params.yaml)")
+        raise ParamsError(f"{path}: {missing}")
     try:
-        params = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    validate(params, source=str(path))
-    return params
+
+
+def _origin(key: tuple, layers: list[tuple[str, Any]]) -> str:
+    """The file that set `key` (a path of keys): the last layer holding it, else all of them."""
+    for source, layer in reversed(layers):
+        node = layer
+        for part in key:
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            if key or len(layers) == 1:
+                return source
+    return " + ".join(source for source, _ in layers)
 
 
 def _key(error: jsonschema.ValidationError) -> str:
@@ -91,15 +135,29 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
 
 def validate(params: object, source: str = "params.yaml") -> None:
     """Schema check plus the cross-key checks a schema cannot express."""
+    problem = _first_problem(params)
+    if problem:
+        raise ParamsError(f"{source}: {problem[1]}")
+
+
+def _first_problem(params: object) -> tuple[tuple, str] | None:
+    """(the path of keys at fault, the message) of the first problem, or None when valid; a
+    cross-key problem has the path of the first key its message names."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     if not isinstance(params, dict):
-        raise ParamsError(f"{source}: expected a mapping of keys, got {type(params).__name__}")
+        return (), f"expected a mapping of keys, got {type(params).__name__}"
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params),
                     key=lambda e: (len(e.absolute_path), _key(e)))
     if errors:
-        raise ParamsError(f"{source}: {_schema_message(errors[0])}")
+        error = errors[0]
+        key = tuple(error.absolute_path)
+        if error.validator == "additionalProperties":   # the unknown key itself
+            key += tuple(sorted(set(error.instance) - set(error.schema.get("properties", {}))))[:1]
+        return key, _schema_message(error)
     for problem in _cross_checks(params):
-        raise ParamsError(f"{source}: {problem}")
+        named = re.search(r"key '([^']+)'", problem)
+        return (tuple(named.group(1).split(".")) if named else ()), problem
+    return None
 
 
 def _cross_checks(p: dict):
@@ -161,6 +219,61 @@ def _cross_checks(p: dict):
     if p["train"]["mixup"] or p["train"]["cutmix"]:
         if p["model"]["kind"] == "mnist":
             yield "keys 'train.mixup'/'train.cutmix': only supported for model kinds 'vit' and 'astroformer'"
+    for name, hypothesis in (p.get("hypotheses") or {}).items():
+        yield from hypothesis_problems(p, name, hypothesis)
+
+
+HYPOTHESIS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")     # names are folder names of their runs
+
+
+def hypothesis_problems(p: dict, name: str, h: dict):
+    """The problems of one `hypotheses` entry (docs/hypotheses.md), each naming its key: override
+    keys that are not keys of the section they override, override values the section's schema
+    refuses, a quantity without its k, and overrides that the entry's `runs_from` cannot apply."""
+    key = f"hypotheses.{name}"
+    if not HYPOTHESIS_NAME.match(name):
+        yield f"key '{key}': a hypothesis name is a folder name: lower-case letters, digits and _"
+    overrides = h.get("overrides") or {}
+    full = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = {name: {**node, "$defs": full["$defs"]} for name, node in full["properties"].items()}
+    for section in ("train", "evaluate"):
+        given = overrides.get(section) or {}
+        allowed = sorted(schema[section]["properties"])
+        for unknown in sorted(set(given) - set(allowed)):
+            yield (f"key '{key}.overrides.{section}.{unknown}': not a key of '{section}'; "
+                   f"allowed: {', '.join(allowed)}")
+        for error in jsonschema.Draft202012Validator(schema[section]).iter_errors({**p[section], **given}):
+            where = ".".join(str(part) for part in error.absolute_path)
+            if where.split(".")[0] in given:
+                yield f"key '{key}.overrides.{section}.{where}': {error.message}"
+    quantity, method = h["quantity"], h["quantity"]["method"]
+    if method == "all" and ("k" in quantity or "k_frac" in quantity):
+        yield f"key '{key}.quantity': method 'all' uses every expert; drop k and k_frac"
+    if method != "all" and ("k" in quantity) == ("k_frac" in quantity):
+        yield f"key '{key}.quantity': method {method!r} needs exactly one of k (experts kept) or k_frac (k = n * k_frac)"
+    source, data = h["runs_from"], overrides.get("data") or {}
+    if source == "train" and not (overrides.get("train") or data):
+        yield (f"key '{key}.overrides': a hypothesis trained anew needs a train or data override "
+               "(without one it is the grid itself)")
+    if source == "grid":
+        extra = sorted(set(overrides) - {"evaluate"}) + sorted(set(overrides.get("evaluate") or {}) - {"renormalize"})
+        if extra:
+            yield (f"key '{key}.overrides.{extra[0]}': runs_from 'grid' trains nothing; it reads the grid's "
+                   "own rows of another evaluate.renormalize only")
+        variant = (overrides.get("evaluate") or {}).get("renormalize", [])
+        if len(variant) != 1 or variant[0] not in p["evaluate"]["renormalize"]:
+            yield (f"key '{key}.overrides.evaluate.renormalize': give the one mode the variant reads, "
+                   f"e.g. [true]; the grid evaluates {p['evaluate']['renormalize']}")
+    if source == "calibration":
+        want = {"max_steps": None, "epochs": p["calibration"]["epochs"]}
+        if (overrides.get("train") or {}) != want or set(overrides) - {"train"}:
+            yield (f"key '{key}.overrides': runs_from 'calibration' reuses the calibration step's models; "
+                   f"its overrides are exactly train: {want}")
+    if "train_subset" in data and p["dataset"] == "mnist5k":
+        size = p["datasets"]["mnist5k"].get("train_size", 0)
+        if data["train_subset"] > size:
+            yield (f"key '{key}.overrides.data.train_subset': {data['train_subset']} > the {size} "
+                   "training images of datasets.mnist5k")
 
 
 def astroformer_problems(options: dict, nmax: int | None = None) -> list[str]:
@@ -354,6 +467,45 @@ class Report(Section):
 
 
 @dataclass(frozen=True)
+class Quantity:
+    """What a hypothesis should explain: one accuracy of the selection table (method at k or
+    k = n * k_frac, renormalized or not), averaged over the hypothesis's n; `label` says it in words."""
+    label: str
+    method: str
+    k_frac: float | None = None
+    k: int | None = None
+    renormalize: bool = False
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One entry of `hypotheses` (docs/hypotheses.md): a named variant of the grid, where its runs
+    come from (train: trained anew; grid: the grid's own rows; calibration: the calibration
+    step's models), the overrides of `train`, `evaluate` and the data order, the datasets it
+    applies to, its n and seeds, and the quantity it should explain."""
+    name: str
+    description: str
+    runs_from: str
+    datasets: tuple[str, ...]
+    experts: tuple[int, ...]
+    seeds: tuple[int, ...]
+    quantity: Quantity
+    train: Mapping = field(default_factory=dict)       # overrides of params.train
+    evaluate: Mapping = field(default_factory=dict)    # overrides of params.evaluate
+    data: Mapping = field(default_factory=dict)        # {order_seed, train_subset}
+    raw: Mapping = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, name: str, given: Mapping) -> Hypothesis:
+        overrides = given.get("overrides") or {}
+        return cls(name=name, description=given["description"], runs_from=given["runs_from"],
+                   datasets=_frozen(given["datasets"]), experts=_frozen(given["experts"]),
+                   seeds=_frozen(given["seeds"]), quantity=Quantity(**given["quantity"]),
+                   train=overrides.get("train") or {}, evaluate=overrides.get("evaluate") or {},
+                   data=overrides.get("data") or {}, raw=given)
+
+
+@dataclass(frozen=True)
 class Study(Section):
     """A whole validated params file: the top-level keys and every section."""
     dataset: str
@@ -368,6 +520,7 @@ class Study(Section):
     synthetic: Synthetic
     latency: Latency
     report: Report
+    hypotheses: Mapping[str, Hypothesis] = field(default_factory=dict)
 
     @classmethod
     def of(cls, given: Mapping) -> Study:
@@ -375,6 +528,7 @@ class Study(Section):
         return cls(dataset=given["dataset"], experts=_frozen(given["experts"]),
                    seeds=_frozen(given["seeds"]), threads=given["threads"],
                    datasets={name: Dataset.of(e, name) for name, e in given["datasets"].items()},
+                   hypotheses={name: Hypothesis.of(name, h) for name, h in (given.get("hypotheses") or {}).items()},
                    **{name: kind.of(given[name]) for name, kind in SECTIONS.items()}, raw=given)
 
     @property

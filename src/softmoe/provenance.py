@@ -95,18 +95,20 @@ def md5(path: Path) -> str:
 
 
 def file_hashes(paths) -> pd.DataFrame:
-    """path, bytes, md5 of every file under the given files and folders (sorted; temp files of
-    interrupted atomic writes skipped), computed now; a path that does not exist is listed as
-    missing."""
+    """path, bytes, md5 (as DVC computes it) and sha256 (as the RO-Crate lists it, softmoe.crate)
+    of every file under the given files and folders (sorted; temp files of interrupted atomic
+    writes skipped), computed now; a path that does not exist is listed as missing."""
     files = set()
     for p in map(Path, paths):
         if p.is_dir():
             files |= {f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")}
         elif p.is_file():
             files.add(p)
-    rows = [{"path": f.as_posix(), "bytes": f.stat().st_size, "md5": md5(f)} for f in sorted(files)]
-    rows += [{"path": Path(p).as_posix(), "bytes": None, "md5": "missing"} for p in paths if not Path(p).exists()]
-    return pd.DataFrame(rows, columns=["path", "bytes", "md5"])
+    rows = [{"path": f.as_posix(), "bytes": f.stat().st_size, "md5": md5(f), "sha256": atomic.digest(f)}
+            for f in sorted(files)]
+    rows += [{"path": Path(p).as_posix(), "bytes": None, "md5": "missing", "sha256": "missing"}
+             for p in paths if not Path(p).exists()]
+    return pd.DataFrame(rows, columns=["path", "bytes", "md5", "sha256"])
 
 
 # ---- the run ------------------------------------------------------------------------------------

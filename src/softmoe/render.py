@@ -14,21 +14,36 @@ import markupsafe
 import numpy as np
 import pandas as pd
 
-STATUS = {"PASS": "pass", "FAIL": "fail", "NOT RUN": "notrun"}
+STATUS = {"PASS": "pass", "FAIL": "fail", "NOT RUN": "notrun", "SUPPORTED": "pass", "CONTRADICTED": "fail",
+          "INCONCLUSIVE": "inconclusive", "NOTE": "note"}
 CODE = re.compile(r"`([^`]+)`")
 
 
 @dataclass
 class Block:
-    """One piece of a section: text, warn, verdict (a list of (verdict, sentence) in `items`),
-    table, figure (`text` = stem), pre (preformatted, collapsed) or trace (where it came from:
-    `items` of (label, value, link or None))."""
+    """One piece of a section: text, warn, subhead (a heading inside the section), list (`items`
+    of sentences), verdict (`text` the head line, `caption` a caveat shown inside the box, `items`
+    of (verdict, sentence), a verdict "" making the sentence a group heading), table (`limit`:
+    show the first rows only, `link`: the file with all of them), figure (`text` = stem), pre
+    (preformatted, collapsed) or trace (where it came from: `items` of (label, value, link or
+    None))."""
     kind: str
     text: str = ""
     frame: pd.DataFrame | None = None
     caption: str = ""
     collapsed: bool = False
     items: list = field(default_factory=list)
+    limit: int | None = None
+    link: Path | None = None
+
+    def shown(self) -> pd.DataFrame:
+        """The rows the report prints: all, or the first `limit`."""
+        return self.frame if self.limit is None else self.frame.head(self.limit)
+
+    def more(self) -> str:
+        """'N more rows' when the table is cut ('' when it is not)."""
+        rest = len(self.frame) - len(self.shown())
+        return f"{rest:,} more row(s)" if rest > 0 else ""
 
 
 @dataclass
@@ -89,6 +104,7 @@ def render_html(title: str, sections: list[Section], figures_dir: Path, html: Pa
     images = {b.text: _image(figures_dir, b.text) for s in sections for b in s.blocks if b.kind == "figure"}
     links = {str(v[2]): _rel(v[2], html) for s in sections for b in s.blocks if b.kind == "trace"
              for v in b.items if v[2] is not None}
+    links.update({str(b.link): _rel(b.link, html) for s in sections for b in s.blocks if b.link is not None})
     return env.get_template("report.html.j2").render(
         title=title, sections=sections, images=images, links=links, figures_dir=str(figures_dir),
         status=STATUS)
@@ -111,15 +127,21 @@ def render_markdown(title: str, sections: list[Section], figures_dir: Path, md: 
         for b in s.blocks:
             if b.kind in ("text", "warn"):
                 out += [f"> **{b.text}**" if b.kind == "warn" else b.text, ""]
+            elif b.kind == "subhead":
+                out += [f"### {b.text}", ""]
+            elif b.kind == "list":
+                out += [f"- {item}" for item in b.items] + [""]
             elif b.kind == "verdict":
-                out += ([f"**{b.text}**", ""] if b.text else []) + \
-                    [f"> **{v}** — {sentence}  " for v, sentence in b.items] + [""]
+                out += ([f"> **{b.text}**", ">"] if b.text else []) + ([f"> ⚠ **{b.caption}**", ">"] if b.caption else []) + \
+                    [f"> **{v}** — {sentence}  " if v else f"> *{sentence}*  " for v, sentence in b.items] + [""]
             elif b.kind == "figure":
                 png = Path(figures_dir) / f"{b.text}.png"
                 out += [f"![{b.text}]({_rel(png, md)})" if png.is_file() else f"*(figure {png} not found)*", "",
                         f"*{b.caption}*", ""]
             elif b.kind == "table":
-                out += ([f"*{b.caption}*", ""] if b.caption else []) + [md_table(b.frame), ""]
+                out += ([f"*{b.caption}*", ""] if b.caption else []) + [md_table(b.shown()), ""]
+                if b.link is not None:
+                    out += [f"{b.more() + ' in ' if b.more() else 'All rows: '}[{b.link}]({_rel(b.link, md)})", ""]
             elif b.kind == "trace":
                 out += ["<sub>" + "; ".join(
                     f"{label}: [{value}]({_rel(link, md)})" if link is not None else f"{label}: {value}"

@@ -1,62 +1,53 @@
-"""The audit-ready report: a verdict box, the setting, the claims (rendered from
-metrics/claims.json, judged by the claims step), every figure with its numbers beside the
-paper's and their intervals, the differences to the paper, a reproduction check against the
-committed metrics, and the provenance of this run with the md5 of every file it describes,
-computed when the report is written. Layout only: the judging is claims.py's, the drawing
-figures.py's, the rendering render.py's. This module holds the front (verdict, setting, claims,
-scope) and the order of the sections; report_experiments.py the section of each experiment,
-report_audit.py the discrepancies, reproduction check and provenance."""
+"""The audit-ready report: a reproducibility summary with the verdict box first
+(report_summary.py), the setting, the claims (rendered from metrics/claims.json, judged by the
+claims step), every figure with its numbers beside the paper's and their intervals, the
+differences to the paper, a reproduction check against the committed metrics, and the provenance
+of this run with the md5 of every file it describes, computed when the report is written. Layout
+only: the judging is claims.py's, the drawing figures.py's, the rendering render.py's. This module
+holds the setting, claims and scope sections and the order of the sections; report_experiments.py
+the section of each experiment, report_audit.py the discrepancies, reproduction check and
+provenance."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from softmoe import atomic, claims, paper, provenance, tables
+from softmoe import atomic, paper, provenance, tables
 from softmoe.errors import UserError
-from softmoe.params import Dataset, Study, Synthetic, Wide
+from softmoe.params import Study
 from softmoe.render import Block, Section, render_html, render_markdown
 from softmoe.report_audit import discrepancy_section, provenance_section, reproduction
 from softmoe.report_context import Context, trace
 from softmoe.report_experiments import (latency_section, oracle_section, selection_section, synthetic_section,
                                         training_section)
-
-STEPS_MATCH = 0.95       # the setting warns when a run has fewer than 95 % of the paper's steps
-
-
-# ---- the verdict and the claims -----------------------------------------------------------------
-def verdict_section(ctx: Context, repro: str) -> Section:
-    c = ctx.claims
-    counts = c["counts"]
-    items = [(cl["verdict"], f"({key}) {cl['statement']} — ours: {cl['ours']}"
-              + (f" [{cl['evidence']}]" if cl["verdict"] == claims.NOT_RUN and cl["evidence"] else ""))
-             for key, cl in ordered(c)]
-    scope = c["scope"]
-    not_run = [v["experiment"] for v in scope.values() if v["status"] == "not run here"]
-    diffs = c["discrepancies"]
-    head = (f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['NOT RUN']} NOT RUN on "
-            f"{ctx.study.dataset} ({len(ctx.study.seeds)} training seed(s)). "
-            f"{diffs['beyond_interval']} of {diffs['compared']} numbers compared with the paper differ "
-            f"beyond their interval. Reproduction check: {repro}.")
-    blocks = [Block("verdict", text=head, items=items)]
-    if not_run:
-        blocks.append(Block("text", text="Not run here (see Scope): " + "; ".join(not_run) + "."))
-    blocks.append(trace(ctx, [], ("claims",), [("claims", ctx.claims_path)]))
-    return Section("Verdict", blocks)
+from softmoe.report_summary import (caveat, ordered, scale_facts, scale_warnings,  # noqa: F401 (scale_warnings: API)
+                                    summary_section, test_text)
 
 
-def ordered(claims_json: dict) -> list[tuple[str, dict]]:
-    """The claims in the order the claims step judged them (JSON objects are written sorted)."""
-    return [(key, claims_json["claims"][key]) for key in claims_json["order"]]
-
-
+# ---- the claims ------------------------------------------------------------------------------------
 def claims_section(ctx: Context) -> Section:
-    rows = [{"": key, "claim": cl["statement"], "judged on": ", ".join(f"{k} {v}" for k, v in cl["scope"].items()),
-             "ours": cl["ours"], "paper": cl["paper"], "tolerance (why)": f"{cl['tolerance']} ({cl['why']})",
-             "verdict": cl["verdict"], "evidence": cl["evidence"]} for key, cl in ordered(ctx.claims)]
+    rows = []
+    for key, cl in ordered(ctx.claims):
+        tests = cl.get("tests")
+        if tests is None:       # a claims.json from before the tested verdicts
+            judged, margin = ", ".join(f"{k} {v}" for k, v in cl.get("scope", {}).items()), \
+                f"{cl.get('tolerance', '–')} ({cl.get('why', '–')})"
+        else:
+            judged = scale_facts(cl.get("scale") or {}) or "–"
+            margin = cl.get("margin_reason") or "–"
+        letter = cl.get("paper_claim")
+        rows.append({"": key, "paper's claim": f"({letter})" if letter else "ours" if "paper_claim" in cl else "–",
+                     "claim": cl["statement"], "judged on": judged, "ours": cl.get("ours", "–"),
+                     "paper": cl.get("paper", "–"),
+                     "tests: effect (95 % interval; claimed side)": "; ".join(test_text(t) for t in tests or []) or "–",
+                     "margin (why)": margin, "verdict": cl["verdict"], "evidence": cl.get("evidence", "")})
+    correction = next((cl.get("correction") for _, cl in ordered(ctx.claims) if cl.get("correction")), None)
     return Section("Claims", [
         Block("text", text=("Judged by the claims step on this run's tables (metrics/claims.json, a DVC "
-                            "metric: `dvc metrics diff` shows a verdict that changed).")),
+                            "metric: `dvc metrics diff` shows a verdict that changed)."
+                            + (f" Intervals are simultaneous over each claim's tests ({correction})." if correction
+                               else ""))),
         Block("table", frame=pd.DataFrame(rows)),
         trace(ctx, ["selection", "training", "synthetic_loss", "latency"], ("claims",), [("claims", ctx.claims_path)])])
 
@@ -105,34 +96,9 @@ def setting_section(ctx: Context) -> Section:
     ]
     blocks = [Block("table", frame=pd.DataFrame(rows, columns=["", "this run", "paper"]),
                     caption="The setting of this run against the paper's.")]
-    warnings = scale_warnings(ds, entry, syn, wide, ps, steps, epochs)
-    if warnings:
-        blocks.insert(0, Block("warn", text="Not the paper's scale: " + "; ".join(warnings) +
-                               ". Compare shapes and claims, not absolute numbers."))
+    if caveat(ctx):
+        blocks.insert(0, Block("warn", text=caveat(ctx)))
     return Section("Setting", blocks)
-
-
-def scale_warnings(ds: str, entry: Dataset, syn: Synthetic, wide: Wide, ps: dict, steps: list[int],
-                   epochs: list[int]) -> list[str]:
-    """How this run (dataset ds, its entry; the synthetic and wide-layer settings; the steps and
-    epochs trained) falls short of the paper's setting ps."""
-    out = []
-    if not ps:
-        out.append(f"the paper has no results on {ds}")
-    if entry.train_size is not None and ps and entry.train_size < ps["train_size"]:
-        out.append(f"{entry.train_size:,} training images instead of {ps['train_size']:,}")
-    if entry.test_size is not None and ps and entry.test_size < ps["test_size"]:
-        out.append(f"{entry.test_size:,} test images instead of {ps['test_size']:,}")
-    if ps and epochs and epochs != [ps["epochs"]]:
-        out.append(f"{'/'.join(map(str, epochs))} epochs instead of {ps['epochs']}")
-    if ps and ps.get("steps") and steps and max(steps) < STEPS_MATCH * ps["steps"]:
-        out.append(f"{max(steps):,} optimizer steps instead of {ps['steps']:,}")
-    if syn.steps < paper.SYNTHETIC_STEPS or syn.batch_size < paper.SYNTHETIC_BATCH:
-        out.append(f"synthetic runs of {syn.steps} steps × {syn.batch_size:,} inputs instead of "
-                   f"{paper.SYNTHETIC_STEPS} × {paper.SYNTHETIC_BATCH:,}")
-    if wide.width < 1:
-        out.append(f"latency model at width ×{wide.width:g} of the paper's")
-    return out
 
 
 # ---- entry point -----------------------------------------------------------------------------------
@@ -152,7 +118,8 @@ def build_report(study: Study, params_path: Path, tables_dir: Path, figures_dir:
     root = Path(provenance.git_state(Path(params_path).resolve().parent)["root"])
     metrics_rel = f"metrics/{study.dataset}.json"
     repro_verdict, repro = reproduction(ctx, root, metrics_rel)
-    sections = [verdict_section(ctx, repro_verdict), setting_section(ctx), claims_section(ctx), scope_section(ctx),
+    sections = [summary_section(ctx, repro_verdict, benchmarks_dir), setting_section(ctx), claims_section(ctx),
+                scope_section(ctx),
                 selection_section(ctx), oracle_section(ctx), synthetic_section(ctx), latency_section(ctx),
                 training_section(ctx), discrepancy_section(ctx), repro,
                 Section("Benchmarks", [Block("text", text=(

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softmoe import claims, figures, provenance, stages, tables
+from softmoe import claims, experiments, provenance, stages, tables
 from softmoe.params import Study
 from softmoe.render import Block
-
-# table -> the step whose per-run files it collects (then `softmoe tabulate`)
-TABLE_ORIGIN = {"selection": "evaluate", "training": "train", "curves": "train", "synthetic_loss": "synthetic",
-                "synthetic_proof": "proof", "latency": "latency", "calibration": "calibrate"}
-FIGURE_TABLES = {"fig1_selection_vs_fraction": ["selection"], "fig2_selection_vs_n": ["selection"],
-                 "fig3_synthetic_loss": ["synthetic_loss"], "fig3_proof_check": ["synthetic_proof"],
-                 "fig4_oracle": ["selection"], "fig5_latency": ["latency"],
-                 "fig6_training_curves": ["curves"], "fig6_all_experts_vs_n": ["training"]}
 
 
 class Context:
@@ -25,7 +17,7 @@ class Context:
     def __init__(self, study: Study, params_path: Path, tables_dir: Path, figures_dir: Path, claims_json: Path):
         self.study, self.params_path = study, Path(params_path)
         self.tables_dir, self.figures_dir = Path(tables_dir), Path(figures_dir)
-        self.frames = {name: tables.read(tables_dir, name) for name in tables.SCHEMAS}
+        self.frames = tables.read_all(tables_dir)
         self.claims_path = Path(claims_json)
         self.claims = claims.read_claims(claims_json)
         self.hardware = tables.read_hardware(tables_dir)
@@ -49,8 +41,8 @@ def trace(ctx: Context, table_names: list[str], extra_steps: tuple[str, ...] = (
     for name in table_names:
         path = tables.path(ctx.tables_dir, name)
         items.append(("table", f"{path} (md5 {ctx.md5(path)[:10]})", path))
-        origin = TABLE_ORIGIN.get(name)
-        steps += [origin, "tabulate"] if origin else []
+        spec = experiments.table(name)
+        steps += [spec.step, "tabulate"] if spec.source else [spec.step]
     steps += list(extra_steps)
     steps = list(dict.fromkeys(s for s in steps if s))
     items.append(("made by", " → ".join(_made_by(s) for s in steps), None))
@@ -61,8 +53,8 @@ def trace(ctx: Context, table_names: list[str], extra_steps: tuple[str, ...] = (
 
 
 def figure(ctx: Context, stem: str) -> list[Block]:
-    title, caption = figures.FIGURES[stem]
+    spec = experiments.figures()[stem]
     svg = ctx.figures_dir / f"{stem}.svg"
-    return [Block("figure", text=stem, caption=f"{title}. {caption}"),
-            trace(ctx, FIGURE_TABLES[stem], ("figures",), [("SVG", svg)])]
+    return [Block("figure", text=stem, caption=f"{spec.title}. {spec.caption}"),
+            trace(ctx, list(spec.tables), ("figures",), [("SVG", svg)])]
 

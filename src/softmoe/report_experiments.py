@@ -7,8 +7,9 @@ import math
 
 import pandas as pd
 
-from softmoe import claims, figures, paper, stats
+from softmoe import paper, plots, stats
 from softmoe.discrepancies import compare_headlines, oracle_rows
+from softmoe.experiments.e3_selection import alg1_vs_random
 from softmoe.render import Block, Section, diff, given, num, pm
 from softmoe.report_context import Context, figure, trace
 
@@ -35,10 +36,10 @@ def pivot_vs_paper(ctx: Context) -> pd.DataFrame | None:
 def z_table(selection: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for renorm in sorted(set(selection["renormalize"])):
-        pairs = claims.alg1_vs_random(selection, renorm)
+        pairs = alg1_vs_random(selection, renorm)
         for n, g in pairs.groupby("n"):
             z = g["z"][g["z"].map(math.isfinite)]
-            rows.append({"n": int(n), "variant": figures.VARIANTS[renorm], "(seed, k) pairs": len(g),
+            rows.append({"n": int(n), "variant": plots.VARIANTS[renorm], "(seed, k) pairs": len(g),
                          "Alg1 > random": int((g["accuracy"] > g["accuracy_random"]).sum()),
                          "min z": num(z.min(), 2) if len(z) else "–",
                          "median z": num(z.median(), 2) if len(z) else "–",

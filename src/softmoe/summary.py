@@ -1,6 +1,9 @@
 """The study's headline metrics, metrics/<dataset>.json for `dvc metrics show` / `dvc metrics
 diff`: per n, all experts, Algorithm 1 / random / z at k = n/2, n/4, n/8 without
-renormalization (seed means with their 95 % intervals), the oracle, and the machine."""
+renormalization (seed means with their 95 % intervals) and the oracle: science only, the same
+bytes on every host of the same code paths. The machines the models were trained on (CPU models,
+code paths, devices, threads, training time) go to metrics/<dataset>-machine.json beside it, so
+that the reproduction check names both sides' CPUs (softmoe.report_audit)."""
 from __future__ import annotations
 
 import math
@@ -15,9 +18,10 @@ from softmoe.provenance import machine
 HEADLINE_DIVISORS = (2, 4, 8)   # k = n/2, n/4, n/8
 
 
-def summarize(dataset: str, tables_dir: Path, out_json: Path) -> None:
+def summarize(dataset: str, tables_dir: Path, out_json: Path, machine_json: Path) -> None:
     """metrics/<ds>.json for `dvc metrics show`: per n, all experts, Algorithm 1 / random / z at
-    k = n/2, n/4, n/8 without renormalization, and the oracle (means over training seeds)."""
+    k = n/2, n/4, n/8 without renormalization, and the oracle (means over training seeds); and
+    metrics/<ds>-machine.json (`machines`)."""
     selection = tables.read(tables_dir, "selection")
     training = tables.read(tables_dir, "training")
     selection = selection[selection["dataset"] == dataset]
@@ -45,7 +49,20 @@ def summarize(dataset: str, tables_dir: Path, out_json: Path) -> None:
             entry["oracle"] = {"k": int(oracle["k"].iloc[0]), "accuracy": round(oracle["accuracy"].mean(), 5),
                                "distinct_subsets": float(oracle["count"].mean())}
         per_n[f"n{n}"] = entry
-    atomic.write_json(out_json, {"dataset": dataset, "machine": machine(), "experts": per_n})
+    atomic.write_json(out_json, {"dataset": dataset, "experts": per_n})
+    atomic.write_json(machine_json, machines(dataset, tables.read(tables_dir, "training_time")))
+
+
+def machines(dataset: str, timing: pd.DataFrame | None) -> dict:
+    """Where the grid was trained, from the training_time table (the trainings' timing.json):
+    the distinct CPU models, code paths, devices and threads, the runs and their summed wall time;
+    and the machine this summary was written on."""
+    trained = {"runs": 0, "cpu": [], "numerics": [], "device": [], "threads": [], "wall_time_s": None}
+    if timing is not None and len(timing):
+        trained = {"runs": len(timing), **{c: sorted({str(v) for v in timing[c].dropna()})
+                                           for c in ("cpu", "numerics", "device", "threads")},
+                   "wall_time_s": round(float(timing["wall_time_s"].sum()), 1)}
+    return {"dataset": dataset, "trained_on": trained, "summarized_on": machine()}
 
 
 def _rounded(value) -> float | None:

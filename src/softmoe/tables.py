@@ -1,67 +1,40 @@
-"""The results tables: the one definition of each table's columns and types, its writer and its
-reader, and `concat` (the `tabulate` step), which builds results/tables/<dataset>/<table>.csv
-from the per-run files of the current grid. Every step that writes or reads a table imports it
-from here (docs/architecture.md, "File formats")."""
+"""The results tables: writing and reading them checked against their schema (declared by their
+experiment, softmoe.experiments), and `concat` (the `tabulate` step), which builds
+results/tables/<dataset>/<table>.csv from the per-run files of the current grid
+(docs/architecture.md, "File formats"). Compute steps write their per-run files themselves;
+`tabulate` checks them against the schema."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from softmoe import atomic
+from softmoe import atomic, experiments
 from softmoe.errors import UserError
+from softmoe.experiments.unit import Schema
 
 
-@dataclass(frozen=True)
-class Schema:
-    columns: tuple[str, ...]      # in file order
-    numeric: tuple[str, ...]      # parsed as numbers (empty cells allowed unless in `required`)
-    required: tuple[str, ...]     # never empty
-
-
-def _schema(columns: str, numeric: str, required: str) -> Schema:
-    return Schema(tuple(columns.split()), tuple(numeric.split()), tuple(required.split()))
-
-
-SCHEMAS = {
-    # one row per (dataset, n, seed, k, method, renormalize): softmoe evaluate
-    "selection": _schema("dataset n seed k k_frac method renormalize accuracy std z count images",
-                         "n seed k k_frac accuracy std z count images",
-                         "dataset n seed k method renormalize accuracy"),
-    # one row per trained model: softmoe train's metrics.json
-    "training": _schema("dataset n seed test_accuracy test_loss train_loss params_total params_experts "
-                        "expert_hidden epochs steps wall_time_s device threads",
-                        "n seed test_accuracy test_loss train_loss params_total params_experts "
-                        "expert_hidden epochs steps wall_time_s threads",
-                        "dataset n seed test_accuracy"),
-    # one row per epoch of a trained model: softmoe train's curves.csv (+ n, seed)
-    "curves": _schema("epoch step train_loss train_accuracy test_loss test_accuracy n seed",
-                      "epoch step train_loss train_accuracy test_loss test_accuracy n seed",
-                      "step n seed"),
-    # one row per step of a synthetic run: softmoe synthetic's loss.csv (+ variance, tokens, n)
-    "synthetic_loss": _schema("step loss variance tokens n", "step loss variance n", "step loss variance tokens n"),
-    # one row per (case, scale a) of the proof check: softmoe proof
-    "synthetic_proof": _schema("case a slot_gap norm_gap abs_error_A abs_error_B variance tokens",
-                               "a slot_gap norm_gap abs_error_A abs_error_B variance",
-                               "case a slot_gap norm_gap variance tokens"),
-    # one row per (config, n, k, batch): softmoe latency
-    "latency": _schema("config n k k_frac batch device median_ms q25_ms q75_ms repeats ratio ideal flops "
-                       "flop_ratio", "n k k_frac batch median_ms q25_ms q75_ms repeats ratio ideal flops "
-                       "flop_ratio", "config n k batch median_ms"),
-    # the selection rows of the models trained for the paper's epochs: softmoe calibrate
-    "calibration": _schema("dataset n seed k k_frac method renormalize accuracy std z count images "
-                           "epochs steps", "n seed k k_frac accuracy std z count images epochs steps",
-                           "dataset n seed k method renormalize accuracy"),
-}
-REQUIRED = ("selection", "training")      # the report cannot be written without these
 METHODS = {"all", "alg1", "random", "oracle"}
-CURVE_COLUMNS = list(SCHEMAS["curves"].columns[:6])   # curves.csv of one run, before n and seed
+
+
+def schema(name: str) -> Schema:
+    """The schema of a table, as its experiment declares it (softmoe.experiments)."""
+    return experiments.table(name).schema
+
+
+def names() -> list[str]:
+    """Every table of the study."""
+    return list(experiments.tables())
+
+
+def read_all(tables_dir: Path) -> dict[str, pd.DataFrame | None]:
+    """Every table of the study (None for an optional table that is absent), checked."""
+    return {name: read(tables_dir, name) for name in names()}
 
 
 def columns(name: str) -> list[str]:
-    return list(SCHEMAS[name].columns)
+    return list(schema(name).columns)
 
 
 def path(tables_dir: Path, name: str) -> Path:
@@ -70,7 +43,7 @@ def path(tables_dir: Path, name: str) -> Path:
 
 def write(out: Path, frame: pd.DataFrame, name: str) -> None:
     """Write a table (or one run's rows of it) with exactly its schema's columns, atomically."""
-    missing = [c for c in SCHEMAS[name].columns if c not in frame.columns]
+    missing = [c for c in schema(name).columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{name} rows lack column(s) {missing}")
     atomic.write_csv(out, frame[columns(name)])
@@ -80,7 +53,7 @@ def read(tables_dir: Path, name: str) -> pd.DataFrame | None:
     """One table, checked against its schema; None if an optional table is absent."""
     file = path(tables_dir, name)
     if not file.is_file():
-        if name in REQUIRED:
+        if experiments.table(name).required:
             raise UserError(f"{file}: required table not found; run `softmoe tabulate` first")
         return None
     try:
@@ -88,28 +61,28 @@ def read(tables_dir: Path, name: str) -> pd.DataFrame | None:
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise UserError(f"{file}: not a readable CSV table ({err}); rerun the step that writes it") from None
     check(file, name, frame)
-    if name in REQUIRED and frame.empty:
+    if experiments.table(name).required and frame.empty:
         raise UserError(f"{file}: the table has no rows; rerun `softmoe tabulate`")
     return frame
 
 
 def check(file: Path, name: str, frame: pd.DataFrame) -> None:
     """Columns present, numeric columns numeric, required cells filled; converts in place."""
-    schema = SCHEMAS[name]
-    missing = [c for c in schema.columns if c not in frame.columns]
+    spec = schema(name)
+    missing = [c for c in spec.columns if c not in frame.columns]
     if missing:
-        raise UserError(f"{file}: missing column(s) {', '.join(missing)}; expected {', '.join(schema.columns)}")
-    for col in schema.numeric:
+        raise UserError(f"{file}: missing column(s) {', '.join(missing)}; expected {', '.join(spec.columns)}")
+    for col in spec.numeric:
         values = pd.to_numeric(frame[col], errors="coerce")
         bad = values.isna() & frame[col].notna()
         if bad.any():
             raise UserError(f"{file}: column '{col}' must be numeric; row {int(bad.idxmax()) + 2} "
                             f"holds {frame[col][bad].iloc[0]!r}")
         frame[col] = values
-    for col in schema.required:
+    for col in spec.required:
         if frame[col].isna().any():
             raise UserError(f"{file}: column '{col}' is empty in row {int(frame[col].isna().idxmax()) + 2}")
-    if "method" in schema.columns:
+    if "method" in spec.columns:
         _check_methods(file, frame)
 
 
@@ -155,17 +128,18 @@ def read_rows(file: Path) -> pd.DataFrame:
     return pd.read_csv(file)
 
 
-def concat(inputs: list[tuple[Path, dict]], table: str, out: Path) -> None:
-    """Write results/tables/<dataset>/<table>.csv from per-run files (layout.table_inputs: the
-    current grid only), with the run's keys (n, seed, tokens, ...) added as columns where the
-    file lacks them."""
+def concat(study, table: str, out: Path) -> None:
+    """Write results/tables/<dataset>/<table>.csv from the per-run files of the study's current
+    grid (its experiment's Table.inputs), with the run's keys (n, seed, tokens, ...) added as
+    columns where the file lacks them; checked against the table's schema."""
+    inputs = experiments.table(table).inputs(study)
     frames = []
     for file, keys in inputs:
         frame = read_rows(file)
         for key, value in keys.items():
             if key not in frame.columns:
                 frame.insert(0, key, value)
+        check(file, table, frame)
         frames.append(frame)
-    columns_ = columns(table)
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns_)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns(table))
     write(out, frame, table)

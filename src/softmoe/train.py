@@ -1,7 +1,8 @@
 """One model of the expert grid (dataset, n, seed) trained with Lightning, resumable.
 
-Run folder (docs/architecture.md): model.safetensors (+ metadata), metrics.json, curves.csv,
-checkpoints/last.ckpt, dvclive/. last.ckpt is written at the end of an epoch: the first, the last,
+Run folder (docs/architecture.md): model.safetensors (+ metadata), metrics.json (science only),
+timing.json (wall time, device name, threads, CPU and code paths: what may differ between hosts),
+curves.csv, checkpoints/last.ckpt, dvclive/. last.ckpt is written at the end of an epoch: the first, the last,
 and any that ends CHECKPOINT_EVERY_S seconds or more after the previous write (a killed run repeats
 at most that much training; writing it every epoch cost up to ~15 % of an MNIST run). A rerun with
 checkpoints/last.ckpt present continues from it (after a crash or kill -9) and ends with the same
@@ -29,13 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softmoe import atomic, deps, modelfile, tables
+from softmoe import atomic, deps, modelfile, numerics
 from softmoe.console import console_setup
 from softmoe.data import model_inputs
 from softmoe.datamodule import ImageDataModule
 from softmoe.errors import UserError
 from softmoe.layer import SoftMoE
-from softmoe.models import build_model, count_parameters
+from softmoe.modelfile import build_model
+from softmoe.models import count_parameters
 from softmoe.params import Dataset, Model, Train
 
 import lightning.pytorch as pl  # noqa: E402,I001  (after softmoe.datamodule, which prepares torchvision)
@@ -46,6 +48,7 @@ from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 # params.train keys that may differ between a run and its resumption (where it runs, not what).
 HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers")
 CHECKPOINT_EVERY_S = 10.0    # seconds of training a kill may cost at most (see the docstring)
+CURVE_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]   # curves.csv
 
 
 class Classifier(pl.LightningModule):
@@ -225,16 +228,21 @@ def evaluate(model: nn.Module, loader, train: Train, spec: Model, device: torch.
 
 # ---- one run ---------------------------------------------------------------------------------
 def train_run(train: Train, model: Model, entry: Dataset, data_dir: Path, n: int, seed: int,
-              out: Path) -> dict:
+              out: Path, order: dict | None = None) -> dict:
     """Train (or resume) the model of params.model with n experts under the recipe params.train
     on the prepared data (checked against the dataset entry); write the run folder.
 
+    order: {order_seed, train_subset} trains on a fixed permutation of the training split, cut
+    to its first train_subset images (a hypothesis's `overrides.data`; data.train_order).
+
     Returns metrics.json's content (an empty dict on the non-zero ranks of a DDP run)."""
     out = Path(out)
-    datamodule = ImageDataModule(train, model, entry, data_dir, seed)
+    datamodule = ImageDataModule(train, model, entry, data_dir, seed, order=order)
     pl.seed_everything(seed, workers=True, verbose=False)
     net = build_model(model, n, datamodule.num_classes, datamodule.in_chans, dropout=train.dropout)
     run = _run_identity(train, model, datamodule, n, seed)
+    if order:
+        run["order"] = dict(order)
     module = Classifier(train, model, net, run, datamodule.num_classes)
     last = out / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -267,7 +275,7 @@ def _run_identity(train: Train, model: Model, datamodule: ImageDataModule, n: in
             "model": model.raw,
             "train": {k: v for k, v in train.raw.items() if k not in HARDWARE_KEYS},
             "data_sha256": hashlib.sha256(manifest).hexdigest(),
-            "code": code_digests()}
+            "code": code_digests(), "numerics": numerics.mode()}
 
 
 def code_digests() -> dict[str, str]:
@@ -358,7 +366,8 @@ def _trainer(t: Train, out: Path, resume: bool) -> pl.Trainer:
 
 def _write_outputs(module: Classifier, datamodule: ImageDataModule, trainer: pl.Trainer,
                    out: Path) -> dict:
-    """Evaluate the last weights on the test split; write model, curves and metrics."""
+    """Evaluate the last weights on the test split; write model, curves, metrics (science: the
+    same bytes on any host of the same code paths) and timing.json (this host's facts)."""
     model, run, device, spec = module.model, module.run, trainer.strategy.root_device, module.spec
     test_loss, test_accuracy = evaluate(model.to(device), datamodule.test_dataloader(), module.recipe,
                                         spec, device)
@@ -369,16 +378,18 @@ def _write_outputs(module: Classifier, datamodule: ImageDataModule, trainer: pl.
                 "img_size": shape[-1] if spec.kind == "mnist" else spec.img_size,
                 "in_chans": datamodule.in_chans}
     modelfile.save(out / "model.safetensors", model, metadata)
-    atomic.write_csv(out / "curves.csv", pd.DataFrame(module.curves, columns=tables.CURVE_COLUMNS))
+    atomic.write_csv(out / "curves.csv", pd.DataFrame(module.curves, columns=CURVE_COLUMNS))
     metrics = {"dataset": run["dataset"], "n": run["n"], "seed": run["seed"],
                "test_accuracy": test_accuracy, "test_loss": test_loss,
                "train_loss": module.curves[-1]["train_loss"] if module.curves else None,
                "params_total": counts["total"], "params_experts": counts["experts"],
                "expert_hidden": next(m for m in model.modules() if isinstance(m, SoftMoE)).expert_hidden,
-               "epochs": len(module.curves), "steps": trainer.global_step,
-               "wall_time_s": round(module.train_time(), 3), "device": _device_name(device),
-               "threads": torch.get_num_threads()}
+               "epochs": len(module.curves), "steps": trainer.global_step, "device": device.type}
     atomic.write_json(out / "metrics.json", metrics)
+    timing = {"dataset": run["dataset"], "n": run["n"], "seed": run["seed"],
+              "wall_time_s": round(module.train_time(), 3), "device": _device_name(device),
+              "threads": torch.get_num_threads(), **numerics.facts()}
+    atomic.write_json(out / "timing.json", timing)
     return metrics
 
 
@@ -386,26 +397,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type
-
-
-# ---- reading a trained model -----------------------------------------------------------------
-def load_trained(run_dir: Path, model: Model, expect: dict | None = None) -> nn.Module:
-    """The trained model (of params.model) of a run folder in eval mode, refused (UserError) when
-    its metadata (kind, and every key of `expect`, e.g. {"dataset": "mnist5k", "n": 16}) differs."""
-    path = Path(run_dir) / "model.safetensors"
-    meta, state = modelfile.read(path, f"train the run (`softmoe train ... --out {run_dir}`)")
-    expected = {"kind": model.kind, **(expect or {})}
-    if expected["kind"] != "mnist":
-        expected.setdefault("img_size", model.img_size)
-    wrong = {k: (meta.get(k), str(v)) for k, v in expected.items() if meta.get(k) != str(v)}
-    if wrong:
-        shown = ", ".join(f"{k}={got!r} (expected {want!r})" for k, (got, want) in wrong.items())
-        raise UserError(f"{path}: a model of another run ({shown}); point at the right run folder "
-                        "or retrain it with the current params.yaml")
-    net = build_model(model, int(meta["n"]), int(meta["num_classes"]), int(meta["in_chans"]))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit the model of params.yaml "
-                        f"({str(err).splitlines()[0]}); retrain the run") from None
-    return net.eval()

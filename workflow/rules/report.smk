@@ -1,37 +1,36 @@
-TABLE_NAMES = list(layout.TABLE_SOURCES)
-GPU_BENCHMARKS = [layout.GPU_BENCHMARKS] if Path(layout.GPU_BENCHMARKS).is_file() else []
-# What the report lists the md5 of, besides the tables, figures and claims: its data and models.
-HASHED = [layout.DATA.format(dataset=DATASET), f"results/train/{DATASET}", "results/synthetic",
-          f"results/calibration/{DATASET}", layout.METRICS.format(dataset=DATASET)]
-
-
 rule claims:
-    message: "Judging the paper's claims on the tables"
     input:
-        expand(f"{TABLES}/{{table}}.csv", table=TABLE_NAMES),
-        rules.latency.output,
-        GPU_BENCHMARKS,
+        tables=TABLE_FILES,
+        latency=rules.latency.output,
+        gpu=GPU_BENCHMARKS,
         code=stages.code("claims"),
     output:
         claims=layout.CLAIMS,
         discrepancies=layout.DISCREPANCIES.format(dataset=DATASET),
-    params:
-        tables=TABLES,
-        gpu=layout.GPU_BENCHMARKS,
-    log: "logs/claims.log"
-    benchmark: f"{layout.BENCHMARKS}/claims/{DATASET}.tsv"
+    log:
+        "logs/claims.log",
+    benchmark:
+        f"{layout.BENCHMARKS}/claims/{DATASET}.tsv"
     threads: 1
-    resources: mem_mb=2000, runtime=10
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        files=PARAMS_OPTIONS,
+        tables=lambda wildcards, input: os.path.dirname(input.tables[0]),
+        # the path whether or not the file exists: `softmoe claims` reads it when present
+        gpu=lambda wildcards, input: input.gpu or layout.GPU_BENCHMARKS,
+    message:
+        "Judging the paper's claims on the tables"
     shell:
-        "softmoe claims --params {PARAMS} --tables {params.tables} --gpu {params.gpu}"
+        "softmoe claims {params.files} --tables {params.tables} --gpu {params.gpu}"
         " --out {output.claims} --discrepancies {output.discrepancies} > {log} 2>&1"
 
 
 rule figures:
-    message: "Drawing every figure from the tables"
     input:
-        expand(f"{TABLES}/{{table}}.csv", table=TABLE_NAMES),
-        rules.latency.output,
+        tables=TABLE_FILES,
+        latency=rules.latency.output,
         code=stages.code("figures"),
     output:
         report(
@@ -40,38 +39,54 @@ rule figures:
             caption="../report/figures.rst",
             category="Figures",
         ),
-    params:
-        tables=TABLES,
-    log: "logs/figures.log"
-    benchmark: f"{layout.BENCHMARKS}/figures/{DATASET}.tsv"
+    log:
+        "logs/figures.log",
+    benchmark:
+        f"{layout.BENCHMARKS}/figures/{DATASET}.tsv"
     threads: 1
-    resources: mem_mb=2000, runtime=20
-    shell: "softmoe figures --params {PARAMS} --tables {params.tables} --out {output} > {log} 2>&1"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        files=PARAMS_OPTIONS,
+        tables=lambda wildcards, input: os.path.dirname(input.tables[0]),
+    message:
+        "Drawing every figure from the tables"
+    shell:
+        "softmoe figures {params.files} --tables {params.tables} --out {output} > {log} 2>&1"
 
 
 rule report:
-    message: "Writing the audit-ready report"
     input:
-        rules.figures.output,
-        rules.summarize.output,
-        rules.claims.output,
-        expand(f"{TABLES}/{{table}}.csv", table=TABLE_NAMES),
-        rules.latency.output,
-        [str(d / "model.safetensors") for d in layout.train_dirs(STUDY)],
+        figures=rules.figures.output,
+        summary=rules.summarize.output,
+        claims=rules.claims.output.claims,
+        discrepancies=rules.claims.output.discrepancies,
+        tables=TABLE_FILES,
+        latency=rules.latency.output,
+        models=[str(d / "model.safetensors") for d in layout.train_dirs(STUDY)],
         code=stages.code("report"),
     output:
-        html=report("reports/report.html", caption="../report/report.rst", category="Report"),
+        html=report(
+            "reports/report.html", caption="../report/report.rst", category="Report"
+        ),
         md="reports/report.md",
+    log:
+        "logs/report.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
     params:
-        tables=TABLES,
-        figures=layout.FIGURES,
+        files=PARAMS_OPTIONS,
+        tables=lambda wildcards, input: os.path.dirname(input.tables[0]),
+        figures=lambda wildcards, input: input.figures,
         benchmarks=layout.BENCHMARKS,
         hashed=" ".join(f"--hash {h}" for h in HASHED),
         settings=stages.param_values("report", P),
-    log: "logs/report.log"
-    threads: 1
-    resources: mem_mb=2000, runtime=20
+    message:
+        "Writing the audit-ready report"
     shell:
-        "softmoe report --params {PARAMS} --tables {params.tables} --figures {params.figures}"
-        " --claims {rules.claims.output.claims} --benchmarks {params.benchmarks} {params.hashed}"
+        "softmoe report {params.files} --tables {params.tables} --figures {params.figures}"
+        " --claims {input.claims} --benchmarks {params.benchmarks} {params.hashed}"
         " --html {output.html} --md {output.md} > {log} 2>&1"

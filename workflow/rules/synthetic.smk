@@ -1,36 +1,49 @@
 rule synthetic:
-    message: "Synthetic ||x||_2 regressor, variance {wildcards.variance}, tokens {wildcards.tokens}, n={wildcards.n}"
     input:
         code=stages.code("synthetic"),
     output:
-        model=layout.SYNTHETIC + "/model.safetensors",
-        loss=layout.SYNTHETIC + "/loss.csv",
-        metrics=layout.SYNTHETIC + "/metrics.json",
-    params:
-        out=layout.SYNTHETIC,
-        settings=stages.param_values("synthetic", P),
-    log: "logs/synthetic/v{variance}/{tokens}/n{n}.log"
-    benchmark: layout.BENCHMARKS + "/synthetic/v{variance}/{tokens}/n{n}.tsv"
+        model=f"{layout.SYNTHETIC}/model.safetensors",
+        loss=f"{layout.SYNTHETIC}/loss.csv",
+        metrics=f"{layout.SYNTHETIC}/metrics.json",
+    log:
+        "logs/synthetic/v{variance}/{tokens}/n{n}.log",
+    benchmark:
+        f"{layout.BENCHMARKS}/synthetic/v{{variance}}/{{tokens}}/n{{n}}.tsv"
     threads: P["threads"]
-    resources: mem_mb=2000, runtime=60
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        files=PARAMS_OPTIONS,
+        out=lambda wildcards, output: os.path.dirname(output.model),
+        settings=stages.param_values("synthetic", P),
+    message:
+        "Synthetic ||x||_2 regressor, variance {wildcards.variance}, tokens {wildcards.tokens}, n={wildcards.n}"
     shell:
-        "softmoe synthetic --params {PARAMS} --variance {wildcards.variance} --tokens {wildcards.tokens}"
+        "softmoe synthetic {params.files} --variance {wildcards.variance} --tokens {wildcards.tokens}"
         " --experts {wildcards.n}"
         " --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 rule proof:
-    message: "Theorem 1 proof check on the n=1 model, variance {wildcards.variance}, tokens {wildcards.tokens}"
     input:
-        model=layout.SYNTHETIC.replace("{n}", "1") + "/model.safetensors",
+        model=f"{PROOF_RUN}/model.safetensors",
         code=stages.code("proof"),
     output:
         layout.PROOF,
-    params:
-        run=layout.SYNTHETIC.replace("{n}", "1"),
-        settings=stages.param_values("proof", P),
-    log: "logs/proof/v{variance}/{tokens}.log"
-    benchmark: layout.BENCHMARKS + "/proof/v{variance}/{tokens}.tsv"
+    log:
+        "logs/proof/v{variance}/{tokens}.log",
+    benchmark:
+        f"{layout.BENCHMARKS}/proof/v{{variance}}/{{tokens}}.tsv"
     threads: 1
-    resources: mem_mb=1000, runtime=10
-    shell: "softmoe proof --params {PARAMS} --run {params.run} --out {output} --threads {threads} > {log} 2>&1"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        files=PARAMS_OPTIONS,
+        run=lambda wildcards, input: os.path.dirname(input.model),
+        settings=stages.param_values("proof", P),
+    message:
+        "Theorem 1 proof check on the n=1 model, variance {wildcards.variance}, tokens {wildcards.tokens}"
+    shell:
+        "softmoe proof {params.files} --run {params.run} --out {output} --threads {threads} > {log} 2>&1"

@@ -1,26 +1,16 @@
-# Several devices/nodes: under Slurm, srun starts one task per device and Lightning reads the
-# Slurm environment (a present `mpi` resource stops the executor plugin's own `srun -n1`
-# wrapper); outside Slurm the prefix is empty and Lightning starts the processes itself.
-DEVICES = P["train"]["devices"] if P["train"]["devices"] != "auto" else 1
-NODES = P["train"]["num_nodes"]
-LAUNCH = f"srun --ntasks-per-node={DEVICES}" if DEVICES * NODES > 1 else ""
-PREFIX = "${{SLURM_JOB_ID:+{resources.mpi}}} " if LAUNCH else ""
-
-
 rule train:
-    message: "Training {wildcards.dataset} with n={wildcards.n} experts, seed {wildcards.seed}"
     input:
         data=layout.DATA,
         code=stages.code("train"),
     output:
-        model=layout.TRAIN + "/model.safetensors",
-        metrics=layout.TRAIN + "/metrics.json",
-        curves=layout.TRAIN + "/curves.csv",
-    params:
-        out=layout.TRAIN,
-        settings=stages.param_values("train", P),
-    log: "logs/train/{dataset}/n{n}-s{seed}.log"
-    benchmark: layout.BENCHMARKS + "/train/{dataset}/n{n}-s{seed}.tsv"
+        model=f"{layout.TRAIN}/model.safetensors",
+        metrics=f"{layout.TRAIN}/metrics.json",
+        curves=f"{layout.TRAIN}/curves.csv",
+        timing=f"{layout.TRAIN}/timing.json",
+    log:
+        "logs/train/{dataset}/n{n}-s{seed}.log",
+    benchmark:
+        f"{layout.BENCHMARKS}/train/{{dataset}}/n{{n}}-s{{seed}}.tsv"
     threads: P["threads"]
     resources:
         mem_mb=4000,
@@ -29,6 +19,13 @@ rule train:
         nodes=NODES,
         tasks_per_node=DEVICES,
         mpi=LAUNCH,
+    params:
+        files=PARAMS_OPTIONS,
+        out=lambda wildcards, output: os.path.dirname(output.model),
+        settings=stages.param_values("train", P),
+    message:
+        "Training {wildcards.dataset} with n={wildcards.n} experts, seed {wildcards.seed}"
     shell:
-        PREFIX + "softmoe train --params {PARAMS} --data {input.data} --experts {wildcards.n}"
+        PREFIX
+        + "softmoe train {params.files} --data {input.data} --experts {wildcards.n}"
         " --seed {wildcards.seed} --out {params.out} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,18 @@
+"""Hypotheses tested by runs (docs/hypotheses.md): the selection rows of the models trained anew
+for the hypotheses of params.yaml (softmoe hypothesis), as the hypotheses table. Their comparison
+with the grid, the calibration and the paper is softmoe.hypotheses (metrics/hypotheses.json)."""
+from __future__ import annotations
+
+from softmoe import layout
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.unit import Experiment, Schema, Table
+
+EXTRA = ("epochs", "steps", "train_images", "full_train_images")
+HYPOTHESIS_ROWS = Schema(("name",) + SELECTION.columns + EXTRA, SELECTION.numeric + EXTRA,
+                         ("name",) + SELECTION.required)
+
+EXPERIMENT = Experiment(
+    key="hypotheses", title="Hypotheses tested by runs", paper="the discrepancies with the paper",
+    tables=(Table("hypotheses", HYPOTHESIS_ROWS, step="hypothesis", source=layout.HYPOTHESIS + "/selection.csv",
+                  runs=layout.hypothesis_runs),),
+)

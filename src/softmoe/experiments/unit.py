@@ -1,0 +1,117 @@
+"""What an experiment declares (docs/architecture.md, "Adding an experiment"): the tables its step
+writes (schema and per-run files), the figures drawn from them (drawer and caption) and the
+claims judged on them. Everything else -- the table list of `tabulate`, dvc.yaml's per-table
+lists, the report's figures and traceability -- is derived from these declarations by the
+registry, softmoe.experiments."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from softmoe.errors import UserError
+
+
+@dataclass(frozen=True)
+class Schema:
+    columns: tuple[str, ...]      # in file order
+    numeric: tuple[str, ...]      # parsed as numbers (empty cells allowed unless in `required`)
+    required: tuple[str, ...]     # never empty
+
+
+def schema(columns: str, numeric: str, required: str) -> Schema:
+    """A Schema from three space-separated column lists."""
+    return Schema(tuple(columns.split()), tuple(numeric.split()), tuple(required.split()))
+
+
+@dataclass(frozen=True)
+class Table:
+    """One tidy table of results/tables/<dataset>/.
+
+    `step` is the softmoe step that makes its rows. With a `source` (a softmoe.layout template of
+    one run's file) and `runs` (the wildcards of every run of a study), `softmoe tabulate`
+    concatenates the per-run files; without, the step writes the table itself."""
+    name: str
+    schema: Schema
+    step: str
+    source: str | None = None
+    runs: Callable[[Any], list[dict]] | None = None
+    required: bool = False        # the report cannot be written without it
+
+    def inputs(self, study) -> list[tuple[Path, dict]]:
+        """The per-run files of this table for a study, with the wildcards each one filled in."""
+        if self.source is None or self.runs is None:
+            raise UserError(f"table {self.name} is written whole by `softmoe {self.step}`; "
+                            "`softmoe tabulate` builds only the tables made of per-run files")
+        return [(Path(self.source.format(**keys)), keys) for keys in self.runs(study)]
+
+    @property
+    def folder(self) -> str | None:
+        """The folder its per-run files live under (dvc.yaml's tabulate dependency)."""
+        if self.source is None:
+            return None
+        parts = self.source.split("/")
+        return "/".join(parts[:next(i for i, p in enumerate(parts) if "{" in p)])
+
+
+@dataclass
+class Evidence:
+    """What figures and claims read: the study's typed params (softmoe.params.Study), its tables
+    (name -> DataFrame or None when absent) and the GPU benchmark file when there is one."""
+    study: Any
+    frames: dict
+    gpu: dict | None = None
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure: `draw(evidence)` returns a matplotlib Figure, or a string saying why it could
+    not be drawn (the figures step then draws a "not run" panel with it)."""
+    stem: str
+    title: str
+    caption: str
+    tables: tuple[str, ...]
+    draw: Callable[[Evidence], Any]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of the study: its tables, figures and claims (each claim a function of the
+    Evidence that returns a softmoe.claims.Claim)."""
+    key: str
+    title: str
+    paper: str                    # the paper's items it reproduces
+    tables: tuple[Table, ...] = ()
+    figures: tuple[Figure, ...] = ()
+    claims: tuple[Callable[[Evidence], Any], ...] = field(default=())
+
+
+# ---- claims -----------------------------------------------------------------------------------
+PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
+
+
+@dataclass
+class Claim:
+    """One claim judged on a run: what it says, what it was judged on, our number, the paper's,
+    the tolerance and why, the verdict and its evidence."""
+    key: str
+    statement: str
+    scope: dict
+    tolerance: str
+    why: str
+    verdict: str = NOT_RUN
+    ours: str = "–"
+    paper: str = "–"
+    evidence: str = ""
+    numbers: dict = field(default_factory=dict)   # numeric values for `dvc metrics diff`
+
+
+def verdict(ok: list[bool]) -> str:
+    return NOT_RUN if not ok else PASS if all(ok) else FAIL
+
+
+def scope(ev: Evidence) -> dict:
+    """What a claim on the image grid was judged on: dataset, training device(s), model kind."""
+    train = ev.frames["training"]
+    device = ", ".join(sorted({str(d) for d in train["device"]})) if "device" in train else "–"
+    return {"dataset": ev.study.dataset, "device": device, "model": ev.study.model.kind}
