@@ -49,7 +49,7 @@ def test_quick_json_structure(quick):
     result, _ = quick
     assert result["schema"] == bench.SCHEMA and result["quick"] is True
     m = result["machine"]
-    assert m["devices"] == ["cpu"] and m["threads"] == 1 and m["torch"] == torch.__version__
+    assert m["devices"] == ["cpu"] and m["torch_threads"] == 1 and m["torch"] == torch.__version__
     assert m["cores"] >= 1 and m["cpu"] and m["device_name"]["cpu"] == m["cpu"]
     plan = bench_plans.QUICK
     expected = {(c, n, f) for c in plan.layer_shapes for n in plan.layer_experts for f in ("ours", "loop", "vmap")}

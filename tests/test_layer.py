@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from softmoe.layer import SoftMoE
+from softmoe.layer import SoftMoE, reference_forward
 from softmoe.selection import random_experts, select_experts
 
 ACT = {"relu": torch.relu, "gelu": torch.nn.functional.gelu}
@@ -65,6 +65,20 @@ def test_layer_matches_reference(form, normalize, p, bias, activation, mode):
     want = reference(layer, x, keep, renormalize)
     assert got.shape == (3, 7, 6)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("mode", ["all", "keep", "keep-renormalized"])
+def test_the_modules_reference_forward_is_the_plain_loop(normalize, p, mode):
+    """layer.reference_forward (the equations at the top of layer.py) = this file's per-input loop."""
+    layer = make(n=4, p=p, normalize=normalize, bias=True, activation="gelu")
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    keep = None if mode == "all" else random_experts(3, 4, 2, seed=2)
+    renormalize = mode == "keep-renormalized"
+    want = reference(layer, x, keep, renormalize)
+    torch.testing.assert_close(reference_forward(layer, x, keep, renormalize), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer(x, keep=keep, renormalize=renormalize), want, rtol=1e-10, atol=1e-12)
 
 
 def test_slot_outputs_and_hidden_match_reference(form):
@@ -296,4 +310,4 @@ def test_token_combine_takes_hidden_in_any_layout(monkeypatch):
     layer = make(n=4, p=2, bias=True)
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     combine, hidden = layer.slot_hidden(x)
-    torch.testing.assert_close(layer._combine_all(hidden.contiguous(), combine), reference(layer, x))
+    torch.testing.assert_close(layer._combine_all(hidden.contiguous(), combine, token_form=True), reference(layer, x))

@@ -16,7 +16,6 @@ available) picks the devices of items 1-3; benchmarks/gpu.sh sets it to "cuda".
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import asdict
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from softmoe import atomic, layout, timing
+from softmoe import atomic, deps, layout, provenance, timing
 from softmoe.bench_cases import layer_bench, log, matmul_peak, selective_bench, training_bench
 from softmoe.bench_output import markdown, targets
 from softmoe.bench_plans import FULL, QUICK, plan_for
@@ -36,15 +35,12 @@ DEVICES_ENV = "SOFTMOE_BENCH_DEVICES"
 
 
 def machine(devices: list[str]) -> dict:
+    """timing.hardware() (the one machine description of timings) plus the devices benchmarked
+    and the load when the run started."""
     hw = timing.hardware()
-    info = {"cpu": hw["cpu"], "cores": hw["cores"], "torch": hw["torch"], "threads": hw["torch_threads"],
-            "python": hw["python"], "platform": hw["os"], "devices": devices,
-            "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "device_name": {"cpu": hw["cpu"]}}
-    if "cuda" in devices:
-        info["device_name"]["cuda"] = hw["device"]
-        info.update(capability=hw["capability"], gpu_memory_gb=hw["gpu_memory_gb"])
-    return info
+    names = {"cpu": hw["cpu"], **({"cuda": hw["device"]} if "cuda" in devices else {})}
+    return {**hw, "devices": devices, "device_name": names,
+            "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def _devices() -> list[str]:
@@ -59,11 +55,13 @@ def _devices() -> list[str]:
     return devices
 
 
-def _code_digest() -> dict:
-    """sha256 of the modules timed here, so that a report names the code it measured."""
-    here = Path(__file__).parent
-    return {name: hashlib.sha256((here / name).read_bytes()).hexdigest()[:16]
-            for name in ("layer.py", "models.py", "timing.py", "bench_formulations.py", "bench_cases.py")}
+MEASURED = {"bench_cases", "bench_formulations", "timing"}   # the modules whose code the timings measure
+
+
+def code_digest() -> dict[str, str]:
+    """sha256 of every file the timed code is made of (derived from imports, softmoe.deps), so
+    that a benchmark file names the code it measured and a reader can tell when it is stale."""
+    return deps.code_digests(deps.module_deps(MEASURED))
 
 
 def run(out_json: Path, out_md: Path, quick: bool) -> None:
@@ -72,7 +70,8 @@ def run(out_json: Path, out_md: Path, quick: bool) -> None:
     study = study_benchmarks(Path(layout.BENCHMARKS))
     torch.manual_seed(0)
     result = {"schema": SCHEMA, "quick": quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": machine(devices), "code": _code_digest(), "plans": {}, "peak": {}, "layer": [], "selective": [],
+              "machine": machine(devices), "code": code_digest(), "commit": provenance.git_state(Path.cwd())["commit"],
+              "plans": {}, "peak": {}, "layer": [], "selective": [],
               "training": [], "study": study, "workflow": None, "skipped": []}
     for device in devices:
         plan = plan_for(quick, device)

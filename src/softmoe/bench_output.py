@@ -2,6 +2,8 @@
 and reports/benchmarks.md (benchmarks/README.md explains both)."""
 from __future__ import annotations
 
+from softmoe.layout import WIDE
+
 
 def targets(result: dict) -> list[dict]:
     """Issue 6's targets: figure and verdict on the wall clock (`measured`, `met`) and, where
@@ -31,7 +33,7 @@ def targets(result: dict) -> list[dict]:
         if (512, "ours") in rows and (2, "ours") in rows:
             specs.append((f"{device}/{config}: ours at n=512 within 2x of n=2", many_experts))
     for r in result["selective"]:
-        if r["config"].startswith("wide") and r["batch"] == 100 and r["k"] * 4 == r["n"]:
+        if r["config"].startswith(WIDE) and r["batch"] == 100 and r["k"] * 4 == r["n"]:
             def selective(key, r=r):
                 ratio = r[key.replace("median_ms", "ratio")]
                 return f"{ratio:.3f} (ideal {r['ideal']:.3f}, FLOP ratio {r['flop_ratio']:.3f})", ratio <= 0.35
@@ -74,7 +76,7 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     names = ", ".join(f"{d}: {m['device_name'][d]}" for d in m["devices"])
     lines = ["# Benchmarks", "",
-             f"{names}; {m['cores']} cores, {m['threads']} torch thread(s), torch {m['torch']}, "
+             f"{names}; {m['cores']} cores, {m['torch_threads']} torch thread(s), torch {m['torch']}, "
              f"Python {m['python']}; load average at start {m['load_avg_start']}; quick={result['quick']}.", "",
              "Times: median [q25, q75] ms over the repeats after warm-up, wall clock and (CPU device) the "
              "process CPU time. Compared timings are interleaved in one run, so ratios share the machine's "

@@ -116,7 +116,7 @@ def _as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
     return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
 
-def _imagefolder_split(root: Path, split: str):
+def imagefolder_split(root: Path, split: str):
     """torchvision ImageFolder of root/<train|val>, with a clear error when it is missing."""
     tv = import_torchvision()
     folder = root / IMAGEFOLDER_SPLITS[split]
@@ -161,7 +161,7 @@ def _write_splits(loaded: dict, out: Path) -> dict:
 
 
 def _imagefolder_manifest(root: Path) -> dict:
-    folders = {split: _imagefolder_split(root, split) for split in SPLITS}
+    folders = {split: imagefolder_split(root, split) for split in SPLITS}
     if folders["train"].classes != folders["test"].classes:
         raise UserError(f"dataset 'imagenet': {root}/train and {root}/val hold different class "
                         "folders; both need one sub-folder per class, the same classes")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from softmoe.data import _imagefolder_split, load_split, read_manifest, train_order
+from softmoe.data import imagefolder_split, load_split, read_manifest, train_order
 from softmoe.errors import UserError
 from softmoe.params import Dataset as Entry, Model, Train
 from softmoe.vision import import_torchvision
@@ -135,7 +135,7 @@ class ImageFolderImages(Dataset):
         t = tv.transforms
         crop = ([t.RandomResizedCrop(img_size), t.RandomHorizontalFlip()] if train else
                 [t.Resize(math.floor(img_size / 0.875)), t.CenterCrop(img_size)])
-        self.folder = _imagefolder_split(root, split)
+        self.folder = imagefolder_split(root, split)
         self.folder.transform = t.Compose([*crop, t.PILToTensor()])
         _check_folder(self.folder, root, manifest)
 

@@ -20,6 +20,7 @@ imports it for its code identity."""
 from __future__ import annotations
 
 import ast
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -187,10 +188,32 @@ def _rel(name: str, root: Path) -> str:
 
 def step_deps(step: str, root: Path = PACKAGE) -> list[str]:
     """The code files of `softmoe <step>`, sorted, as the repository names them (src/softmoe/...)."""
-    mods = closure(_cli_entry(step, root), root)
+    return module_deps(_cli_entry(step, root), root)
+
+
+def module_deps(start: set[str], root: Path = PACKAGE) -> list[str]:
+    """The code files of the softmoe modules `start` and all they import (src/softmoe/..., sorted)."""
+    mods = closure(start, root)
     data = _data_files(root)
     files = {_rel(m, root) for m in mods} | {f for m in mods for f in data_files(m, root, data)}
     return sorted(PREFIX + f for f in files)
+
+
+def code_digests(files: list[str]) -> dict[str, str]:
+    """{src/softmoe/<file>: sha256} of code files as module_deps/step_deps name them: the code
+    identity of a checkpoint or of a benchmark file."""
+    return {path: hashlib.sha256((PACKAGE / path.removeprefix(PREFIX)).read_bytes()).hexdigest() for path in files}
+
+
+def changed_files(recorded: dict[str, str]) -> list[str]:
+    """The files of a recorded {path: sha256 (or a prefix of it)} whose code is not today's
+    (missing files included): empty when the code that made a result is the code here."""
+    changed = []
+    for path, digest in sorted(recorded.items()):
+        file = PACKAGE / path.removeprefix(PREFIX)
+        if not file.is_file() or not hashlib.sha256(file.read_bytes()).hexdigest().startswith(str(digest)):
+            changed.append(path)
+    return changed
 
 
 def modules(root: Path = PACKAGE) -> list[str]:

@@ -11,9 +11,9 @@ import pandas as pd
 import scipy.stats
 
 from softmoe import paper, stats
+from softmoe.layout import WIDE
 
 LATENCY_ERR = 0.10       # time ratios differ beyond this (hardware, timing noise)
-WIDE = "wide"            # latency.csv's name for params.latency.wide, the paper's E4 setting
 DISCREPANCY_COLUMNS = ["experiment", "quantity", "n", "k", "ours", "ours_err", "paper", "paper_err", "diff",
                        "side", "counted", "beyond", "status"]
 TWO_SIDED, AT_MOST = "two-sided", "at most"   # `side`: any difference, or only ours above the paper's, is one

@@ -31,7 +31,7 @@ from softmoe import atomic, modelfile
 from softmoe.errors import UserError
 from softmoe.params import Dataset, Evaluate, Model, Train
 from softmoe.selection import oracle_subsets, random_experts, select_experts
-from softmoe.stats import z_score
+from softmoe.stats import k_for, z_score
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -84,7 +84,7 @@ def selection_table(model: torch.nn.Module, batches: Iterable, total: int, cfg: 
     n = model.num_experts
     ks = cfg.k_values(n)
     modes = [bool(r) for r in cfg.renormalize]
-    oracle_k = max(1, math.floor(n * cfg.oracle_fraction))
+    oracle_k = k_for(n, cfg.oracle_fraction)
     if not (oracle_k < n and math.comb(n, oracle_k) <= cfg.oracle_limit
             and hasattr(model, "logit_contributions")):
         oracle_k = None

@@ -9,6 +9,9 @@ Shapes: b inputs, m tokens, d = dim, n experts, p slots per expert, s = n*p slot
     Y = C Ỹ                                           (b, m, d)
 With `normalize`, X is l2-normalized per token and Φ per column (times a learned scalar);
 the normalized tokens are what is dispatched (computed as (D * 1/|x|)ᵀ X, see SoftMoE._logits).
+`reference_forward` below is the same computation written plainly from these equations; the
+class computes it in the cheaper of two exact forms (`SoftMoE.token_side`, chosen once per call)
+and runs only the kept experts of Algorithm 2 through one named backend (`SoftMoE.keep_backend`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,29 @@ PHI_INITS = ("uniform", "lecun")
 NORM_EPS = 1e-12    # as F.normalize: x / max(|x|, eps)
 MEMORY_WEIGHT = 50  # multiply-adds one float written costs, for the choice in SoftMoE.token_side
 GROUPED_MM_MAJORS = (9, 10)  # CUDA compute capabilities where torch._grouped_mm has its bf16 kernel
+
+
+def reference_forward(layer: SoftMoE, x: torch.Tensor, keep: torch.Tensor | None = None,
+                      renormalize: bool = False) -> torch.Tensor:
+    """The layer read off docs/study.md §2 and §4, plainly and slowly (the tests' yardstick;
+    `SoftMoE.forward` computes the same with fewer and larger operations).
+
+    x (b, m, d); keep (b, k) the experts kept per input (None: all)."""
+    phi = layer.phi
+    if layer.normalize:                                        # tokens and Φ's columns l2-normalized
+        x = F.normalize(x, dim=-1, eps=NORM_EPS)
+        phi = F.normalize(phi, dim=0, eps=NORM_EPS) * layer.scale
+    logits = x @ phi                                           # L = X Φ               (b, m, s)
+    dispatch = logits.softmax(dim=1)                           # D: over the tokens
+    combine = logits.softmax(dim=2)                            # C: over the slots
+    slots = dispatch.transpose(1, 2) @ x                       # X̃ = Dᵀ X (normalized) (b, s, d)
+    p = layer.slots_per_expert
+    outputs = torch.stack([layer._expert(s // p, slots[:, s]) for s in range(slots.shape[1])], dim=1)  # Ỹ
+    if keep is not None:                                       # Algorithm 1/2: the other experts do not run
+        kept = torch.zeros(x.shape[0], layer.num_experts, dtype=torch.bool, device=x.device)
+        kept = kept.scatter(1, keep, True).repeat_interleave(p, dim=1).unsqueeze(1)       # (b, 1, s)
+        combine = logits.masked_fill(~kept, float("-inf")).softmax(dim=2) if renormalize else combine * kept
+    return combine @ outputs                                   # Y = C Ỹ               (b, m, d)
 
 
 class SoftMoE(nn.Module):
@@ -108,13 +134,14 @@ class SoftMoE(nn.Module):
         token_cost = m * n * h * (2 * d + 2 * p) + MEMORY_WEIGHT * 2 * m * n * p * h
         return token_cost < slot_cost
 
-    def _hidden(self, x: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, x: torch.Tensor, dispatch: torch.Tensor, token_form: bool) -> torch.Tensor:
         """Every expert's hidden activations on its p slots: act(X̃ w1 + b1), (b, n, p, h).
 
-        dispatch (b, m, s) comes from `_dispatch`, so X̃ = dispatchᵀ x. In the token form the
-        result is a view of `_token_hidden`'s expert-last tensor.
+        dispatch (b, m, s) comes from `_dispatch`, so X̃ = dispatchᵀ x. In the token form
+        (`token_side`, chosen once per call) the result is a view of `_token_hidden`'s
+        expert-last tensor.
         """
-        if self.token_side(x.shape[1]):
+        if token_form:
             return self._token_hidden(x, dispatch).permute(0, 3, 1, 2)
         b, m, _ = x.shape
         n, p, d, h = self.num_experts, self.slots_per_expert, self.dim, self.expert_hidden
@@ -150,14 +177,14 @@ class SoftMoE(nn.Module):
         z = torch.bmm(z, self.w2) if self.b2 is None else torch.baddbmm(self.b2.unsqueeze(1), z, self.w2)
         return z.view(n, b, p, self.dim).transpose(0, 1).reshape(b, n * p, self.dim)
 
-    def _combine_all(self, hidden: torch.Tensor, combine: torch.Tensor) -> torch.Tensor:
+    def _combine_all(self, hidden: torch.Tensor, combine: torch.Tensor, token_form: bool) -> torch.Tensor:
         """Y = C Ỹ from the hidden activations (b, n, p, h) and C (b, m, s) -> (b, m, d).
 
         Token form: Σ_j Σ_q C_t(j,q) act_(j,q) w2[j], one matmul with the experts' second maps
         stacked (rows ordered (h, n), as `_token_hidden`'s layout).
         """
         b, m, _ = combine.shape
-        if not self.token_side(m):
+        if not token_form:
             return combine @ self._second_layer(hidden)
         n, p, h, d = self.num_experts, self.slots_per_expert, self.expert_hidden, self.dim
         per_slot = combine.view(b, m, n, p)
@@ -173,7 +200,7 @@ class SoftMoE(nn.Module):
         """(combine (b, m, s), hidden (b, n, p, h)) with every expert run, so that
         Ỹ of slot (j, q) = hidden[:, j, q] @ w2[j] + b2[j]."""
         logits, inv = self._logits(x)
-        return logits.softmax(dim=2), self._hidden(x, self._dispatch(logits, inv))
+        return logits.softmax(dim=2), self._hidden(x, self._dispatch(logits, inv), self.token_side(x.shape[1]))
 
     def slot_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(combine (b, m, s), Ỹ (b, s, d)) with every expert run: Y(S) = C[:, :, S] @ Ỹ[:, S]."""
@@ -281,7 +308,7 @@ class SoftMoE(nn.Module):
         kept_slots = kept_slots.expand(b, m, k * p)
         kept_logits = logits.gather(2, kept_slots)                        # (b, m, k*p)
         slots = self._dispatch(kept_logits, inv).transpose(1, 2) @ x      # X̃ of kept slots (b, k*p, d)
-        run = getattr(self, f"_run_{backend}")
+        run = {"loop": self._run_loop, "grouped_mm": self._run_grouped_mm, "gathered": self._run_gathered}[backend]
         outputs = run(slots.view(b * k, p, d), keep.flatten())          # (b*k, p, d)
         if renormalize:
             combine = kept_logits.softmax(dim=2)
@@ -303,7 +330,8 @@ class SoftMoE(nn.Module):
             combine = logits.masked_fill(dropped, float("-inf")).softmax(dim=2)
         else:
             combine = (logits.softmax(dim=2) if combine is None else combine).masked_fill(dropped, 0.0)
-        return self._combine_all(self._hidden(x, self._dispatch(logits, inv)), combine)
+        token_form = True                      # "masked" is chosen only where token_side(m) holds
+        return self._combine_all(self._hidden(x, self._dispatch(logits, inv), token_form), combine, token_form)
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None,
@@ -323,7 +351,9 @@ class SoftMoE(nn.Module):
         """
         logits, inv = self._logits(x)
         if keep is None and k is None:
-            return self._combine_all(self._hidden(x, self._dispatch(logits, inv)), logits.softmax(dim=2))
+            token_form = self.token_side(x.shape[1])                 # the form, chosen once per call
+            hidden = self._hidden(x, self._dispatch(logits, inv), token_form)
+            return self._combine_all(hidden, logits.softmax(dim=2), token_form)
         combine = None
         if keep is None:
             combine = logits.softmax(dim=2)

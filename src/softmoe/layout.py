@@ -11,7 +11,7 @@ from pathlib import Path
 
 DATA = "data/{dataset}"
 TRAIN = "results/train/{dataset}/n{n}-s{seed}"
-SYNTHETIC = "results/synthetic/v{variance}/{tokens}/n{n}"
+SYNTHETIC = "results/synthetic/v{variance}/{tokens}/n{n}-s{seed}"
 PROOF = "results/synthetic/v{variance}/{tokens}/proof.csv"
 EVAL = "results/eval/{dataset}/n{n}-s{seed}.csv"
 CALIBRATION = "results/calibration/{dataset}/n{n}-s{seed}"
@@ -25,6 +25,7 @@ DISCREPANCIES = TABLES + "/discrepancies.csv"
 GPU_BENCHMARKS = "reports/benchmarks-gpu.json"   # written on a GPU machine (benchmarks/gpu.sh)
 FIGURES = "reports/figures"
 BENCHMARKS = "results/benchmarks"
+WIDE = "wide"   # the config name of params.latency.wide (the paper's table 3 layer) in latency tables
 
 
 def runs(study) -> list[dict]:
@@ -33,9 +34,15 @@ def runs(study) -> list[dict]:
 
 
 def synthetic_runs(synthetic) -> list[dict]:
-    """The (variance, tokens, n) of every synthetic run; the variance as params.yaml spells it."""
-    return [{"variance": v, "tokens": t, "n": n} for v in synthetic.variances
-            for t in synthetic.tokenizations for n in synthetic.experts]
+    """The (variance, tokens, n, seed) of every synthetic run; the variance as params.yaml spells it."""
+    return [{"variance": v, "tokens": t, "n": n, "seed": s} for v in synthetic.variances
+            for t in synthetic.tokenizations for n in synthetic.experts for s in synthetic.seeds]
+
+
+def proof_run(synthetic) -> str:
+    """The run folder template (variance, tokens left) of the model the proof check reads: the
+    n = 1 run of the first synthetic seed (docs/study.md §5 E1)."""
+    return SYNTHETIC.replace("{n}", "1").replace("{seed}", str(synthetic.seeds[0]))
 
 
 def calibration_runs(dataset: str, calibration) -> list[dict]:

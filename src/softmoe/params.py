@@ -394,7 +394,6 @@ class Train(Section):
     precision: str = "32-true"
     num_workers: int = 0
     augment: str = "none"
-    augment: str = "none"
 
 
 @dataclass(frozen=True)
@@ -431,7 +430,7 @@ class Synthetic(Section):
     batch_size: int
     steps: int
     lr: float
-    seed: int
+    seeds: tuple[int, ...]
     proof_scales: tuple[float, ...]
 
 

@@ -1,13 +1,13 @@
 """What every section of the report reads (Context: the study's typed params, tables, claims,
 folders, md5 of files) and the traceability block under each figure and table: the table files it was drawn
-from (md5), the steps and the code that made it."""
+from (md5) and the steps that made it (their code: the provenance section)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from softmoe import claims, experiments, provenance, stages, tables
+from softmoe import claims, experiments, provenance, tables
 from softmoe.params import Study
-from softmoe.render import Block
+from softmoe.render import Block, Section
 
 
 class Context:
@@ -21,6 +21,7 @@ class Context:
         self.claims_path = Path(claims_json)
         self.claims = claims.read_claims(claims_json)
         self.hardware = tables.read_hardware(tables_dir)
+        self.shown: set[str] = set()         # figure stems a section has shown
         self._md5: dict[str, str] = {}
 
     def md5(self, path: Path) -> str:
@@ -36,7 +37,8 @@ def _made_by(step: str) -> str:
 
 
 def trace(ctx: Context, table_names: list[str], extra_steps: tuple[str, ...] = (), files=()) -> Block:
-    """Where a figure or table came from: its table files (md5), the steps and their code."""
+    """Where a figure or table came from: its table files (md5) and the steps that made them (the
+    code of each step is listed once, in the provenance section)."""
     items, steps = [], []
     for name in table_names:
         path = tables.path(ctx.tables_dir, name)
@@ -46,15 +48,25 @@ def trace(ctx: Context, table_names: list[str], extra_steps: tuple[str, ...] = (
     steps += list(extra_steps)
     steps = list(dict.fromkeys(s for s in steps if s))
     items.append(("made by", " → ".join(_made_by(s) for s in steps), None))
-    code = sorted({c for s in steps for c in stages.code(s)})
-    items.append(("code", ", ".join(Path(c).name for c in code), None))
     items += [(label, str(path), path) for label, path in files]
     return Block("trace", items=items)
 
 
 def figure(ctx: Context, stem: str) -> list[Block]:
     spec = experiments.figures()[stem]
+    ctx.shown.add(stem)
     svg = ctx.figures_dir / f"{stem}.svg"
     return [Block("figure", text=stem, caption=f"{spec.title}. {spec.caption}"),
             trace(ctx, list(spec.tables), ("figures",), [("SVG", svg)])]
 
+
+def unshown_sections(ctx: Context) -> list[Section]:
+    """A section for every experiment with figures that no section of the report has shown (a
+    new experiment before it gets a section of its own): its title and figures."""
+    out = []
+    for unit in experiments.all_experiments():
+        stems = [f.stem for f in unit.figures if f.stem not in ctx.shown]
+        if stems:
+            out.append(Section(f"{unit.title} ({unit.key}; paper: {unit.paper})",
+                               [block for stem in stems for block in figure(ctx, stem)]))
+    return out

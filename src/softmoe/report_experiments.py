@@ -7,11 +7,15 @@ import math
 
 import pandas as pd
 
-from softmoe import paper, plots, stats
-from softmoe.discrepancies import compare_headlines, oracle_rows
+from softmoe import paper, plots, stats, tables
+from softmoe.discrepancies import compare_headlines, e1_finals, oracle_rows
 from softmoe.experiments.e3_selection import alg1_vs_random
+from softmoe.layout import WIDE
 from softmoe.render import Block, Section, diff, given, num, pm
 from softmoe.report_context import Context, figure, trace
+
+TABLE_HEAD = 12           # long tidy tables: the report prints this many rows and links the CSV
+
 
 # ---- E3 ------------------------------------------------------------------------------------------
 def pivot_vs_paper(ctx: Context) -> pd.DataFrame | None:
@@ -70,8 +74,9 @@ def selection_section(ctx: Context) -> Section:
     tidy = means.sort_values(["renormalize", "method", "k_frac", "n"])[
         ["n", "k", "method", "renormalize", "accuracy", "ci", "std", "seeds"]]
     tidy = tidy.assign(accuracy=tidy["accuracy"].map(num), ci=tidy["ci"].map(num), std=tidy["std"].map(num))
-    blocks.append(Block("table", frame=tidy, collapsed=True,
-                        caption="Every (n, k, method) of selection.csv, mean over seeds (ci: 95 % half-width)"))
+    blocks.append(Block("table", frame=tidy, limit=TABLE_HEAD, link=tables.path(ctx.tables_dir, "selection"), caption=(
+        f"Every (n, k, method) of selection.csv, mean over seeds (ci: 95 % half-width): the first {TABLE_HEAD} of "
+        f"{len(tidy):,} rows; the table per seed is selection.csv")))
     ablation = renormalized_table(means, ctx.study.evaluate.fractions)
     if ablation is not None:
         blocks.append(Block("table", frame=ablation, caption=(
@@ -128,14 +133,16 @@ def synthetic_section(ctx: Context) -> Section:
         blocks.append(Block("text", text="NOT RUN: synthetic_loss.csv missing or empty."))
     else:
         ref = paper.e1_plateaus().set_index(["tokens", "n"])["loss"]
-        finals = stats.final_losses(loss)
-        rows = [{"variance": f"{r.variance:g}", "tokens x dim": r.tokens, "n": int(r.n),
-                 "final loss ours": num(r.final_loss), "plateau paper (±0.3)": num(ref.get((r.tokens, int(r.n)))),
+        finals = e1_finals(loss)
+        rows = [{"variance": f"{r.variance:g}", "tokens x dim": r.tokens, "n": int(r.n), "seeds": int(r.seeds),
+                 "final loss ours ± 95 %": pm(r.final_loss, r.ci),
+                 "plateau paper (±0.3)": num(ref.get((r.tokens, int(r.n)))),
                  "Δ": diff(r.final_loss, ref.get((r.tokens, int(r.n)))),
                  "constant predictor Var‖x‖₂": num(stats.constant_predictor_loss(r.variance))}
                 for r in finals.itertuples()]
         blocks += [Block("table", frame=pd.DataFrame(rows), caption=(
-            "Final training loss (mean of the last 10 % of steps) under both readings of the paper's "
+            "Final training loss (mean of the last 10 % of steps; mean over seeds ± the 95 % t-interval, none "
+            "with one seed) under both readings of the paper's "
             "N(0, 5I) (variance 5 and 25), beside its plateaus (read off its plot) and the loss of the best "
             "constant prediction, Var‖x‖₂.")), trace(ctx, ["synthetic_loss"])]
     blocks += figure(ctx, "fig3_proof_check")
@@ -146,8 +153,9 @@ def synthetic_section(ctx: Context) -> Section:
         frame = proof.sort_values(["variance", "tokens", "case", "a"])[
             ["variance", "tokens", "case", "a", "slot_gap", "norm_gap", "abs_error_A", "abs_error_B"]]
         frame = frame.assign(**{c: frame[c].map(lambda v: f"{v:.3g}") for c in frame.columns[3:]})
-        blocks.append(Block("table", frame=frame, collapsed=True, caption=(
-            "Proof check of the n = 1 models: gaps and absolute errors on the input pairs (A, B), per scale a.")))
+        blocks.append(Block("table", frame=frame, limit=TABLE_HEAD, link=tables.path(ctx.tables_dir, "synthetic_proof"),
+                            caption=("Proof check of the n = 1 models: gaps and absolute errors on the input pairs "
+                                     f"(A, B), per scale a (the first {TABLE_HEAD} of {len(frame)} rows).")))
     return Section("Synthetic ‖x‖₂: Theorem 1 (E1; paper appendix C)", blocks)
 
 
@@ -162,7 +170,7 @@ def latency_section(ctx: Context) -> Section:
     ref = paper.e4_latency()
     fracs = sorted(f for f in set(lat["k_frac"].round(6)) | set(ref["k_frac"]) if f < 1)
     rows = []
-    order = lambda key: (key[0][0].startswith("wide"), key[0][1], key[0][2], key[0][0])   # noqa: E731
+    order = lambda key: (key[0][0].startswith(WIDE), key[0][1], key[0][2], key[0][0])   # noqa: E731
     for (config, n, batch), g in sorted(lat.groupby(["config", "n", "batch"]), key=order):
         row = {"config": config, "n": int(n), "batch": int(batch),
                "ms at k=n": num(g.loc[g["k"] == n, "median_ms"].mean(), 2)}
@@ -191,12 +199,14 @@ def training_section(ctx: Context) -> Section:
     g = train.groupby("n").agg(seeds=("seed", "nunique"), hidden=("expert_hidden", "first"),
                                experts=("params_experts", "first"), total=("params_total", "first"),
                                steps=("steps", "max"), acc=("test_accuracy", "mean"),
-                               acc_std=("test_accuracy", "std"), wall=("wall_time_s", "sum"))
+                               acc_std=("test_accuracy", "std"))
+    timing = ctx.frames.get("training_time")      # the trainings' timing.json (this host's facts)
+    wall = timing.groupby("n")["wall_time_s"].sum() if timing is not None and len(timing) else pd.Series(dtype=float)
     rows = [{"n": int(n), "seeds": int(r.seeds), "expert hidden": num(int(r.hidden)),
              "expert params": num(int(r.experts)), "total params": num(int(r.total)), "steps": num(int(r.steps)),
              "test acc ours ± 95 %": pm(r.acc, stats.half_width(r.acc, r.acc_std, r.seeds, images)),
              "paper (all experts)": num(ref.get(int(n))), "Δ": diff(r.acc, ref.get(int(n))),
-             "train time s (all seeds)": num(r.wall, 0)} for n, r in g.iterrows()]
+             "train time s (all seeds)": num(wall.get(n), 0)} for n, r in g.iterrows()]
     blocks += [Block("table", frame=pd.DataFrame(rows), caption=(
         "One row per n: the real parameter counts at the fixed budget (the floor makes it inexact at large n) "
         "and the all-experts test accuracy (mean over seeds).")), trace(ctx, ["training"])]

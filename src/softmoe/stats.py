@@ -12,11 +12,17 @@ Z95 = 1.959964          # two-sided 95 % normal quantile
 FINAL_SHARE = 0.1       # a synthetic run's final loss: the mean over its last 10 % of steps
 
 
+def k_for(n: int, fraction: float) -> int:
+    """The one rounding rule of k for a fraction of n experts: floor(n * fraction), at least 1."""
+    return max(1, math.floor(n * fraction))
+
+
 def k_at(n: int, fraction: float) -> int | None:
-    """k = floor(n * fraction) as evaluated; None where it is not 1 <= k < n."""
+    """k = k_for(n, fraction) as Algorithm 1 is evaluated at it; None where n * fraction < 1 or
+    k = n (the fraction has no k of its own at this n)."""
     if n * fraction < 1:
         return None
-    k = max(1, math.floor(n * fraction))
+    k = k_for(n, fraction)
     return k if k < n else None
 
 
@@ -31,8 +37,8 @@ def k_values(n: int, fractions, absolute=(), every_k: bool = False) -> list[int]
 
 
 def latency_ks(n: int, fractions) -> list[int]:
-    """The k timed by the latency steps: n and round(n * f) >= 1 for every fraction, descending."""
-    return sorted({n} | {max(1, round(n * f)) for f in fractions}, reverse=True)
+    """The k timed by the latency steps: n and k_for(n, f) for every fraction, descending."""
+    return sorted({n} | {k_for(n, f) for f in fractions}, reverse=True)
 
 
 def frac_label(fraction: float) -> str:
@@ -81,12 +87,15 @@ def at_fraction(frame: pd.DataFrame, fraction: float) -> pd.DataFrame:
 
 
 def final_losses(loss: pd.DataFrame) -> pd.DataFrame:
-    """Per synthetic run (variance, tokens, n): the mean loss over its last FINAL_SHARE of steps."""
+    """Per synthetic (variance, tokens, n): the mean loss over the last FINAL_SHARE of steps of
+    each training seed's run (a `seed` column when the table has one), averaged over the seeds."""
     keys = [k for k in ("variance", "tokens", "n") if k in loss.columns]
+    runs = [*keys, "seed"] if "seed" in loss.columns else keys
     rows = []
-    for key, g in loss.sort_values("step").groupby(keys):
-        rows.append({**dict(zip(keys, key)), "final_loss": final_loss(g["loss"])})
-    return pd.DataFrame(rows, columns=[*keys, "final_loss"])
+    for key, g in loss.sort_values("step").groupby(runs):
+        rows.append({**dict(zip(runs, key)), "final_loss": final_loss(g["loss"])})
+    per_run = pd.DataFrame(rows, columns=[*runs, "final_loss"])
+    return per_run.groupby(keys, as_index=False)["final_loss"].mean()[[*keys, "final_loss"]]
 
 
 def final_loss(losses) -> float:

@@ -9,8 +9,9 @@ checkpoints/last.ckpt present continues from it (after a crash or kill -9) and e
 weights and metrics as an uninterrupted run: the checkpoint holds the model, optimizer, schedule,
 loop counters, the curves so far and the RNG states, and the shuffling is a function of
 (seed, epoch). A checkpoint of other params, data or training code (sha256 of the train step's
-source files) is set aside and the run starts over. The test split is evaluated after every epoch for the curves only; the reported
-test metrics are those of the last weights (no checkpoint is picked on the test set).
+source files) is set aside and the run starts over. The test split is evaluated after every
+epoch for the curves only; the reported test metrics are those of the last weights (no
+checkpoint is picked on the test set).
 """
 from __future__ import annotations
 
@@ -280,8 +281,7 @@ def _run_identity(train: Train, model: Model, datamodule: ImageDataModule, n: in
 
 def code_digests() -> dict[str, str]:
     """{src/softmoe/<file>: sha256} of the files the train step's code is made of."""
-    return {path: atomic.digest(deps.PACKAGE / path.removeprefix(deps.PREFIX))
-            for path in deps.step_deps("train")}
+    return deps.code_digests(deps.step_deps("train"))
 
 
 @rank_zero_only

@@ -3,20 +3,23 @@ paper's figures 1-2): the selection table (softmoe evaluate), its figures and cl
 the paper's CIFAR/ImageNet headline numbers (judged only on a run of that dataset)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from softmoe import layout, paper, plots, stats
-from softmoe.discrepancies import OTHER_SCOPE, compare_headlines
+from softmoe import inference, layout, paper, plots, stats, verdicts
+from softmoe.discrepancies import OTHER_SCOPE
 from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
-                                      scope, verdict)
+                                      scope)
 from softmoe.stats import at_fraction, frac_label, mean_over_seeds
 
-RANDOM_TOLERANCE = 1.0   # (b) Alg1 may fall below the random mean by at most this many random std
-GAP_SPEARMAN = -0.5      # (c) Spearman rank correlation of (n, gap to all experts) at most this
+RANDOM_TOLERANCE = 1.0   # alg1_vs_random's `violation`: Alg1 more than this many random std below (observation)
+HEADLINE = (0.5, 0.25, 0.125)    # (b1) the paper's headline fractions k = n/2, n/4, n/8
+B1_MARGIN = -0.01        # (b1) non-inferiority: Alg1 − random ≥ −0.01 at every headline point
+B1_REASON = ("non-inferiority, δ = 0.01: the paper itself reports a tie at n = 4, k = n/4 (.644 both) and its "
+             "smallest positive gap is .047, so 'beats random' cannot mean 'above at every point'; it means "
+             "'never clearly worse', and a tie must not count against it")
+HEADLINE_MARGIN = -0.02  # the paper-scale headline checks: ours − paper ≥ −0.02
 
 SELECTION = schema("dataset n seed k k_frac method renormalize accuracy std z count images diff_sd",
                    "n seed k k_frac accuracy std z count images diff_sd",
@@ -91,48 +94,61 @@ def _fig2(selection: pd.DataFrame, fractions: tuple[float, ...], reference: str 
 
 
 def alg1_vs_random(selection: pd.DataFrame, renormalize: bool = False) -> pd.DataFrame:
-    """Each Algorithm 1 row next to the random rows at the same (n, seed, k), with z."""
+    """Each Algorithm 1 row (with its z, computed by the evaluate step) next to the random rows
+    at the same (n, seed, k)."""
     rows = selection[selection["renormalize"] == renormalize]
     keys = ["n", "seed", "k"]
-    alg = rows[rows["method"] == "alg1"][keys + ["accuracy"]]
+    alg = rows[rows["method"] == "alg1"][keys + ["accuracy", "z"]]
     rnd = rows[rows["method"] == "random"][keys + ["accuracy", "std"]]
     pairs = alg.merge(rnd, on=keys, suffixes=("", "_random"))
     diff = pairs["accuracy"] - pairs["accuracy_random"]
-    pairs["z"] = [stats.z_score(a, m, s) for a, m, s in
-                  zip(pairs["accuracy"], pairs["accuracy_random"], pairs["std"].fillna(0.0))]
     pairs["below_mean"] = diff < 0
     pairs["violation"] = diff < -RANDOM_TOLERANCE * pairs["std"].fillna(0.0)
     return pairs.sort_values(keys).reset_index(drop=True)
 
 
-def claim_alg1_beats_random(selection: pd.DataFrame, scope: dict) -> Claim:
-    fracs = "n/2, n/4, n/8"
-    claim = Claim("b", f"Algorithm 1 beats a random k-subset: at or above the random mean at k = {fracs} for "
-                  "every n, and never more than 1 random std below it at any k evaluated", scope,
-                  f"seed-mean Alg1 ≥ random mean at every (n, k = {fracs}); no (n, seed, k) with "
-                  f"z < −{RANDOM_TOLERANCE:g}", "at k close to n both keep almost every expert and "
-                  "differ by noise; below −1 std would be a real loss")
+def headline_points(selection: pd.DataFrame) -> list[tuple[int, int, float]]:
+    """(n, k, fraction) of every headline point with Algorithm 1 rows: k = n/2, n/4, n/8 as evaluated."""
+    alg = selection[(selection["method"] == "alg1") & ~selection["renormalize"]]
+    points = {}
+    for n in sorted({int(n) for n in alg["n"]}):
+        for frac in HEADLINE:
+            k = stats.k_at(n, frac)
+            if k is not None and ((alg["n"] == n) & (alg["k"] == k)).any():
+                points.setdefault((n, k), frac)
+    return [(n, k, frac) for (n, k), frac in points.items()]
+
+
+def claim_alg1_beats_random(selection: pd.DataFrame, scope: dict, scale: dict | None = None) -> Claim:
+    """(b1) Algorithm 1 − random at the same (n, seed, k), paired, at every headline point."""
+    claim = Claim("b1", "Algorithm 1 is not worse than a random k-subset at any headline point "
+                  "(k = n/2, n/4, n/8, every n)", scope, "b",
+                  f"Algorithm 1 − random (same n, seed and k; mean over training seeds) ≥ {B1_MARGIN:g} at every "
+                  "headline (n, k)", B1_REASON, scale=scale or {})
     claim.paper = "at or above random at every n and k = n/2, n/4, n/8 (figure 2; equal at n=4, k=n/4)"
-    pairs = alg1_vs_random(selection)
-    if pairs.empty:
-        claim.evidence = "no Algorithm 1 rows with random rows at the same (n, k)"
-        return claim
-    means = pairs.groupby(["n", "k"], as_index=False)[["accuracy", "accuracy_random"]].mean()
-    head = pd.concat([stats.at_fraction(means, f) for f in (0.5, 0.25, 0.125)])
-    above = int((head["accuracy"] >= head["accuracy_random"]).sum())
-    bad = pairs[pairs["violation"]]
-    below = int(pairs["below_mean"].sum())
-    z = pairs["z"][np.isfinite(pairs["z"])]
-    claim.ours = (f"at or above at {above} of {len(head)} headline (n, k); {len(bad)} of {len(pairs)} (n, seed, k) "
-                  f"more than 1 std below; {below} below the random mean at all")
-    if below:
-        worst = pairs.loc[pairs["z"].idxmin()]
-        claim.evidence = (f"lowest z = {worst['z']:.2f} at n={int(worst['n'])}, k={int(worst['k'])} "
-                          f"(k/n = {worst['k'] / worst['n']:.2f}); median z = {z.median():.2f}")
-    claim.numbers = {"headline_above": above, "headline_points": len(head), "violations": len(bad),
-                     "below_mean": below, "pairs": len(pairs)}
-    claim.verdict = verdict([above == len(head) and len(head) > 0, bad.empty])
-    return claim
+    estimates, exact = [], True
+    for n, k, frac in headline_points(selection):
+        est, paired_exact = verdicts.paired(selection, "alg1", k, "random", k, n)
+        if est is not None:
+            estimates.append((f"n={n}, k={k} ({frac_label(frac)})", est))
+            exact &= paired_exact
+    tests = [inference.interval_test(what, est, B1_MARGIN, "above", len(estimates)) for what, est in estimates]
+    if tests:
+        worst = min(tests, key=lambda t: t.effect)
+        claim.ours = (f"{sum(t.outcome == 'supports' for t in tests)} of {len(tests)} headline points support, "
+                      f"{sum(t.outcome == 'contradicts' for t in tests)} contradict; smallest difference "
+                      f"{worst.effect:+.3f} [{worst.lo:+.3f}, {worst.hi:+.3f}] at {worst.what}")
+        pairs = alg1_vs_random(selection)
+        z = pd.to_numeric(pairs["z"], errors="coerce")
+        seeds = int(selection["seed"].nunique())
+        claim.evidence = (f"observation, not a criterion: {int((z < -RANDOM_TOLERANCE).sum())} of {len(pairs)} "
+                          "(n, seed, k) lie more than 1 random-seed std below random (under a tie about 1 in 6 "
+                          "would)" + ("" if exact else "; diff_sd missing: per-image variance bounded by "
+                                      "(sd_alg1 + sd_random)²") + verdicts.seeds_note(seeds))
+        claim.numbers = {"points": len(tests), "supports": sum(t.outcome == "supports" for t in tests),
+                         "contradicts": sum(t.outcome == "contradicts" for t in tests),
+                         "smallest_effect": round(worst.effect, 5)}
+    return verdicts.decide(claim, tests, "no Algorithm 1 rows with random rows at the same (n, k)")
 
 
 # ---- (c) the gap to all experts shrinks ---------------------------------------------------------
@@ -157,51 +173,76 @@ def gaps_to_all(selection: pd.DataFrame, fraction: float) -> pd.DataFrame:
     return both.reset_index().rename(columns={"index": "n"}).sort_values("n")
 
 
-def claim_gap_shrinks(selection: pd.DataFrame, fractions: list[float], scope: dict) -> Claim:
-    claim = Claim("c", "the gap from Algorithm 1 to all experts shrinks as n grows (implicit bias)", scope,
-                  f"gap at the largest n < gap at the smallest n, and Spearman ρ(n, gap) ≤ {GAP_SPEARMAN:g} "
-                  "(≥ 3 n), at the smallest k fraction evaluated for ≥ 2 n",
-                  "a trend over n, not a value: ranks are robust to the level differences between datasets")
+def claim_gap_shrinks(selection: pd.DataFrame, fractions: list[float], scope: dict,
+                      scale: dict | None = None) -> Claim:
+    """(b2) the gap all experts − Algorithm 1 at the smallest common fraction: larger at the
+    smallest n than at the largest, and (with ≥ 3 n) falling per doubling of n."""
+    claim = Claim("b2", "the gap from Algorithm 1 to all experts shrinks as n grows (implicit bias)", scope, "b",
+                  "gap(smallest n) − gap(largest n) > 0 and, with ≥ 3 n, the least-squares slope of the gap "
+                  "over log₂ n < 0, at the smallest k fraction evaluated for ≥ 2 n",
+                  "a trend, not a value: the paper's gap at k = n/8 falls from .584 (n = 8) to .091 (n = 512); "
+                  "any fall beyond this run's noise supports it (margin 0)", scale=scale or {})
     claim.paper = "MNIST k = n/8: gap .584 at n=8 → .091 at n=512 (figure 2, read off the plot)"
     frac = gap_fraction(selection, fractions)
-    gaps = gaps_to_all(selection, frac) if frac is not None else pd.DataFrame()
+    gaps = []
+    for n in sorted({int(n) for n in selection["n"]}) if frac is not None else []:
+        k = stats.k_at(n, frac)
+        est = verdicts.paired(selection, "all", n, "alg1", k, n)[0] if k is not None else None
+        if est is not None:
+            gaps.append((n, est))
     if len(gaps) < 2:
-        claim.evidence = "fewer than two n with Algorithm 1 and all-experts rows at a common fraction"
-        return claim
-    rho = stats.spearman(gaps["n"], gaps["gap"])
-    first, last = gaps["gap"].iloc[0], gaps["gap"].iloc[-1]
-    claim.statement = (f"the gap from Algorithm 1 (k = {stats.frac_label(frac)}) to all experts shrinks "
-                       "as n grows (implicit bias)")
-    claim.ours = (f"gap {first:.3f} at n={int(gaps['n'].iloc[0])} → {last:.3f} at n={int(gaps['n'].iloc[-1])}; "
-                  f"Spearman ρ = {rho:.2f}")
-    claim.evidence = ", ".join(f"n={int(r.n)}: {r.gap:.3f}" for r in gaps.itertuples())
-    claim.numbers = {"gap_first": round(float(first), 5), "gap_last": round(float(last), 5),
-                     "spearman": None if math.isnan(rho) else round(rho, 4)}
-    claim.verdict = verdict([bool(last < first and (len(gaps) < 3 or rho <= GAP_SPEARMAN))])
-    return claim
+        return verdicts.not_run(claim, "fewer than two n with Algorithm 1 and all-experts rows at a common fraction")
+    label = frac_label(frac)
+    claim.statement = f"the gap from Algorithm 1 (k = {label}) to all experts shrinks as n grows (implicit bias)"
+    (n0, first), (n1, last) = gaps[0], gaps[-1]
+    m = 2 if len(gaps) >= 3 else 1
+    tests = [inference.interval_test(f"gap(n={n0}) − gap(n={n1}) at k = {label}", first - last, 0.0, "above", m)]
+    if m == 2:
+        x = np.log2([n for n, _ in gaps])
+        w = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+        slope = inference.linear([e for _, e in gaps], w)
+        tests.append(inference.interval_test(f"slope of the gap per doubling of n ({len(gaps)} n)", slope, 0.0,
+                                             "below", m))
+    claim.ours = (f"gap {float(first.effect):.3f} at n={n0} → {float(last.effect):.3f} at n={n1}"
+                  + (f"; slope {tests[1].effect:+.4f} per doubling" if m == 2 else ""))
+    claim.evidence = (", ".join(f"n={n}: {float(e.effect):.3f}" for n, e in gaps)
+                      + "; per-image variance of all − Algorithm 1 bounded by (sd_all + sd_alg1)²")
+    claim.numbers = {"gap_first": round(float(first.effect), 5), "gap_last": round(float(last.effect), 5)}
+    return verdicts.decide(claim, tests)
 
 
-# ---- (d) the oracle --------------------------------------------------------------------------
-
-
-def claims_elsewhere(dataset_here: str, selection: pd.DataFrame) -> list[Claim]:
-    """The paper's CIFAR and ImageNet headline numbers: judged when this run is on that dataset,
-    otherwise NOT RUN with the params file that runs them."""
+# ---- the paper's other datasets ----------------------------------------------------------------
+def claims_elsewhere(dataset_here: str, selection: pd.DataFrame, scale: dict | None = None) -> list[Claim]:
+    """The paper's CIFAR and ImageNet headline numbers at the paper's scale: judged when this run is
+    on that dataset (ours − paper ≥ −0.02 at every headline number), otherwise NOT RUN with the
+    params file and command that run them."""
     out = []
     for key, experiment, items, dataset, config in OTHER_SCOPE[:3]:
         ref = paper.headlines(dataset)
+        command = f"snakemake --cores all --configfile {config}"
         claim = Claim(key, f"{experiment} ({items}): " + "; ".join(ref["what"]),
                       {"dataset": dataset, "device": "GPU cluster", "model": "see " + config},
-                      "every headline number within its interval + 0.02",
-                      "a reproduction at paper scale should land within a couple of points")
+                      "c" if dataset == "imagenet" else "b",
+                      f"ours − paper ≥ {HEADLINE_MARGIN:g} at every headline number (mean over training seeds)",
+                      "a reproduction at the paper's scale should reach its headline accuracies within two "
+                      "points; above them is no discrepancy")
         claim.paper = ", ".join(f"{a:.3f}" for a in ref["accuracy"])
         if dataset_here != dataset:
-            claim.evidence = f"not run here: `snakemake --cores all --configfile {config}` (GPU cluster)"
-        else:
-            rows = compare_headlines(selection, ref)
-            claim.ours = ", ".join(f"{a:.3f}" for a in rows["ours"])
-            claim.verdict = verdict(list(rows["diff"].abs() <= rows["ours_ci"] + 0.02))
-        out.append(claim)
+            claim.evidence = f"not run here: `{command}` (GPU cluster)"
+            claim.scale = {"config": config, "command": command}
+            out.append(verdicts.not_run(claim, f"not run here (the paper's {dataset} scale needs a GPU cluster): "
+                                               f"`{command}`"))
+            continue
+        claim.scale = scale or {}
+        estimates = []
+        for r in ref.itertuples():
+            est = verdicts.accuracy(selection, r.method, int(r.n), int(r.k))
+            if est is not None:
+                estimates.append((f"{r.method} n={int(r.n)}, k={int(r.k)}: ours − paper {r.accuracy:.3f}",
+                                  inference.Estimate(float(est.effect) - r.accuracy, est.parts), float(est.effect)))
+        tests = [inference.interval_test(w, e, HEADLINE_MARGIN, "above", len(estimates)) for w, e, _ in estimates]
+        claim.ours = ", ".join(f"{ours:.3f}" for _, _, ours in estimates) or "–"
+        out.append(verdicts.decide(claim, tests, "none of the paper's headline points is in this run's grid"))
     return out
 
 
@@ -230,7 +271,8 @@ EXPERIMENT = Experiment(
                    ("selection",),
                    lambda ev: _fig2(ev.frames["selection"], ev.study.evaluate.fractions, _reference(ev))),
     ),
-    claims=(lambda ev: claim_alg1_beats_random(ev.frames["selection"], scope(ev)),
-            lambda ev: claim_gap_shrinks(ev.frames["selection"], ev.study.evaluate.fractions, scope(ev)),
-            lambda ev: claims_elsewhere(ev.study.dataset, ev.frames["selection"])),
+    claims=(lambda ev: claim_alg1_beats_random(ev.frames["selection"], scope(ev), verdicts.run_scale(ev)),
+            lambda ev: claim_gap_shrinks(ev.frames["selection"], ev.study.evaluate.fractions, scope(ev),
+                                         verdicts.run_scale(ev)),
+            lambda ev: claims_elsewhere(ev.study.dataset, ev.frames["selection"], verdicts.run_scale(ev))),
 )
