@@ -20,7 +20,8 @@ configfile: "params.yaml"
 # Each --configfile is an overlay (config/*.yaml: only what differs) that Snakemake deep-merges
 # onto params.yaml into `config`; every softmoe command gets the same files (`{params.files}`:
 # --params params.yaml --overlay ...) and merges them the same way (softmoe.params.load).
-OVERLAYS = [str(path) for path in workflow.overwrite_configfiles]
+# (Snakemake makes their paths absolute; the commands name them relative to the working directory.)
+OVERLAYS = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
 PARAMS_OPTIONS = " ".join(
     ["--params params.yaml", *(f"--overlay {o}" for o in OVERLAYS)]
 )

@@ -1,11 +1,16 @@
-"""Shared test setup: every test starts from the same torch/Lightning global state."""
+"""Shared test setup: every test starts from the same torch/Lightning global state, on the code
+paths of the compute steps (softmoe.numerics, pinned before torch loads)."""
 import os
 from pathlib import Path
 
-import pytest
-import torch
+from softmoe import numerics
 
-from softmoe.params import load_study
+numerics.pin()          # before torch is imported, as `softmoe <step>` does
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from softmoe.params import load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

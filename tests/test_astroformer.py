@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from softmoe import modelfile, data, evaluate, params as P, train
 from softmoe.astroformer import SoftMoEAstroformer, SoftMoETransformerBlock
@@ -115,7 +114,7 @@ BAD_MODELS = [
 
 @pytest.mark.parametrize("change,words", BAD_MODELS, ids=[str(c) for c, _ in BAD_MODELS])
 def test_bad_astroformer_params_name_the_key(change, words):
-    params = yaml.safe_load((ROOT / "config/cifar100.yaml").read_text())
+    params = P.load(ROOT / "params.yaml", [ROOT / "config/cifar100.yaml"])
     P.validate(params)
     params["model"] = {**TINY, **change}
     with pytest.raises(P.ParamsError) as err:
@@ -126,7 +125,7 @@ def test_bad_astroformer_params_name_the_key(change, words):
 
 def test_cifar_configs_are_the_papers_recipe():
     for name, grid in (("cifar10", [2, 4, 8, 16, 32, 64, 128]), ("cifar100", [2, 8, 16, 64, 128])):
-        params = yaml.safe_load((ROOT / f"config/{name}.yaml").read_text())
+        params = P.load(ROOT / "params.yaml", [ROOT / f"config/{name}.yaml"])
         P.validate(params)
         t = params["train"]
         assert params["experts"] == grid and params["model"]["kind"] == "astroformer"
@@ -135,10 +134,10 @@ def test_cifar_configs_are_the_papers_recipe():
             ("adamw", 800, 500, "cosine", 5)
         assert (t["mixup"], t["label_smoothing"], t["dropout"]) == (0.8, 0.1, 0.1)
         assert t["lr"] == pytest.approx(3e-4 * (800 / 256) ** 0.5, rel=1e-4)
-    cifar10 = P.Evaluate.of(yaml.safe_load((ROOT / "config/cifar10.yaml").read_text())["evaluate"])
+    cifar10 = P.Evaluate.of(P.load(ROOT / "params.yaml", [ROOT / "config/cifar10.yaml"])["evaluate"])
     ks = {n: cifar10.k_values(n) for n in (2, 128)}
     assert ks[2] == [1] and {1, 2, 3, 4, 5} <= set(ks[128])
-    cifar100 = P.Evaluate.of(yaml.safe_load((ROOT / "config/cifar100.yaml").read_text())["evaluate"])
+    cifar100 = P.Evaluate.of(P.load(ROOT / "params.yaml", [ROOT / "config/cifar100.yaml"])["evaluate"])
     assert cifar100.k_values(128) == [16, 32, 64] and cifar100.absolute_k == ()
 
 
@@ -146,7 +145,7 @@ def test_cifar_configs_are_the_papers_recipe():
 def cifar_params(tmp_path, monkeypatch) -> dict:
     """A width-reduced Astroformer study on 20 + 4 images written in CIFAR-10's own format."""
     written = _write_cifar_like(tmp_path / "raw", "cifar10", np.random.default_rng(0), monkeypatch)
-    p = yaml.safe_load((ROOT / "config/cifar10.yaml").read_text())
+    p = P.load(ROOT / "params.yaml", [ROOT / "config/cifar10.yaml"])
     p["datasets"]["cifar10"] = {"source": "torchvision", "root": str(tmp_path / "raw"), "download": False}
     p["experts"], p["model"] = [4], copy.deepcopy(TINY)
     p["train"].update(batch_size=4, max_steps=6, accelerator="cpu", precision="32-true", num_workers=0)

@@ -87,7 +87,7 @@ def test_default_study_is_not_augmented_cifar_is_and_other_values_are_refused(mn
     assert type(dm.train_set) is datamodule.InMemoryImages
     assert type(dm.train_dataloader().sampler) is DistributedSampler
     for name in ("cifar10", "cifar100"):
-        assert load_study(ROOT / f"config/{name}.yaml").train.augment == "timm"
+        assert load_study(ROOT / "params.yaml", [ROOT / f"config/{name}.yaml"]).train.augment == "timm"
     raw = load(ROOT / "params.yaml")
     raw["train"]["augment"] = "randaug"
     with pytest.raises(ParamsError, match=r"key 'train.augment': 'randaug'.*\['none', 'timm'\]"):

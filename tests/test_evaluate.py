@@ -259,12 +259,20 @@ def test_summarize_headline_metrics(study):
     selection = pd.read_csv(out)
     selection.to_csv(tables / "selection.csv", index=False)
     _training_row(n=TOY_N, params_total=123).to_csv(tables / "training.csv", index=False)
-    summary.summarize(params["dataset"], tables, root / "metrics.json")
+    cpu = "AMD EPYC (AuthenticAMD family 25 model 17 stepping 1; AVX-512)"
+    pd.DataFrame([{"dataset": "mnist5k", "n": TOY_N, "seed": s, "wall_time_s": 10.0 + s, "device": "cpu",
+                   "threads": 1, "cpu": cpu, "numerics": "portable: avx2 pins", "aten_capability": "AVX2"}
+                  for s in (0, 1)]).to_csv(tables / "training_time.csv", index=False)
+    summary.summarize(params["dataset"], tables, root / "metrics.json", root / "machine.json")
     metrics = json.loads((root / "metrics.json").read_text())
+    machine = json.loads((root / "machine.json").read_text())
+    assert "machine" not in metrics                       # science only: the machine has a file of its own
+    assert machine["trained_on"] == {"runs": 2, "cpu": [cpu], "numerics": ["portable: avx2 pins"],
+                                     "device": ["cpu"], "threads": ["1"], "wall_time_s": 21.0}
+    assert set(machine["summarized_on"]) >= {"cpu", "cores", "python"}
     entry = metrics["experts"]["n8"]
     plain = selection[~selection["renormalize"]].set_index(["method", "k"])
     assert metrics["dataset"] == "mnist5k" and entry["params_total"] == 123 and entry["seeds"] == 1
-    assert set(metrics["machine"]) >= {"cpu", "cores", "python"}       # the reproduction check compares it
     assert entry["all"] == pytest.approx(plain.loc[("all", 8), "accuracy"])
     # one seed: the 95 % interval is the test-set sampling of the 1,000 images only
     assert entry["all_ci95"] == pytest.approx(stats.half_width(entry["all"], float("nan"), 1, 1000), abs=1e-5)
@@ -287,13 +295,13 @@ def _training_row(**values) -> pd.DataFrame:
 
 def test_summarize_names_the_missing_table(tmp_path):
     with pytest.raises(UserError, match="selection.csv"):
-        summary.summarize("mnist5k", tmp_path, tmp_path / "m.json")
+        summary.summarize("mnist5k", tmp_path, tmp_path / "m.json", tmp_path / "machine.json")
     row = dict.fromkeys(tables.columns("selection"), 0) | {"dataset": "cifar10", "method": "all",
                                                          "renormalize": False, "n": 2, "k": 2}
     pd.DataFrame([row]).to_csv(tmp_path / "selection.csv", index=False)
     _training_row(dataset="cifar10", n=2, params_total=1).to_csv(tmp_path / "training.csv", index=False)
     with pytest.raises(UserError, match="no rows for dataset 'mnist5k'"):
-        summary.summarize("mnist5k", tmp_path, tmp_path / "m.json")
+        summary.summarize("mnist5k", tmp_path, tmp_path / "m.json", tmp_path / "machine.json")
 
 
 @pytest.mark.e2e

@@ -99,8 +99,16 @@ def training_rows(ns=NS, seeds=(0,)) -> pd.DataFrame:
             rows.append({"dataset": "mnist5k", "n": n, "seed": seed, "test_accuracy": round(all_acc(n), 4),
                          "test_loss": 0.21, "train_loss": 0.01, "params_total": experts + 196 * n + 1 + 7840,
                          "params_experts": experts, "expert_hidden": hidden, "epochs": 220, "steps": 3500,
-                         "wall_time_s": 55.0 + n, "device": "cpu", "threads": 1})
+                         "device": "cpu"})
     return pd.DataFrame(rows)
+
+
+def training_time_rows(ns=NS, seeds=(0,)) -> pd.DataFrame:
+    """The trainings' timing.json rows: wall time and the machine, apart from the science."""
+    return pd.DataFrame([{"dataset": "mnist5k", "n": n, "seed": seed, "wall_time_s": 55.0 + n, "device": "cpu",
+                          "threads": 1, "cpu": "Intel Xeon (GenuineIntel family 6 model 143 stepping 8; AVX-512)",
+                          "numerics": "portable: avx2 pins", "aten_capability": "AVX2"}
+                         for n in ns for seed in seeds])
 
 
 def curves_rows(ns=NS, seeds=(0,)) -> pd.DataFrame:
@@ -117,17 +125,19 @@ def curves_rows(ns=NS, seeds=(0,)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def synthetic_loss_rows(plateau_scale: dict | None = None, variances=VARIANCES) -> pd.DataFrame:
+def synthetic_loss_rows(plateau_scale: dict | None = None, variances=VARIANCES, seeds=(0, 1, 2)) -> pd.DataFrame:
     """Loss curves that settle at 1.1 x the paper's plateaus at variance 25 (where the paper's
-    n = 1 plateaus sit, see docs/study.md §5 E1) and at a fifth of that at variance 5."""
+    n = 1 plateaus sit, see docs/study.md §5 E1) and at a fifth of that at variance 5; each
+    training seed s 1 % higher than seed s - 1."""
     ref = paper.e1_plateaus()
     rows = []
     for variance in variances:
         for r in ref.itertuples():
             plateau = r.loss * 1.1 * variance / 25 * (plateau_scale or {}).get((r.tokens, r.n), 1.0)
-            for step in range(500):
-                rows.append({"step": step, "loss": plateau + 40 * math.exp(-step / 40), "variance": variance,
-                             "tokens": r.tokens, "n": r.n})
+            for seed in seeds:
+                for step in range(500):
+                    rows.append({"step": step, "loss": (plateau + 40 * math.exp(-step / 40)) * (1 + 0.01 * seed),
+                                 "variance": variance, "tokens": r.tokens, "n": r.n, "seed": seed})
     return pd.DataFrame(rows)
 
 
@@ -170,8 +180,23 @@ def latency_rows(monotone: bool = True) -> pd.DataFrame:
     return frame
 
 
-SAMPLES = {"selection": selection_rows, "training": training_rows, "curves": curves_rows,
+def latency_rounds_rows(monotone: bool = True) -> pd.DataFrame:
+    """Every timed call behind latency_rows: 15 rounds per (config, batch, k), each 2 % around the
+    median, in the same direction for every k of a round (the machine's drift), so that each
+    round's ratio to its k = n call is the medians' ratio."""
+    rows = []
+    for r in latency_rows(monotone).itertuples():
+        for rnd in range(int(r.repeats)):
+            drift = 1 + 0.02 * math.sin(rnd)
+            rows.append({"config": r.config, "n": r.n, "k": r.k, "batch": r.batch, "round": rnd,
+                         "ms": r.median_ms * drift, "ratio_to_full": r.ratio})
+    return pd.DataFrame(rows)
+
+
+SAMPLES = {"selection": selection_rows, "training": training_rows, "training_time": training_time_rows,
+           "curves": curves_rows,
            "synthetic_loss": synthetic_loss_rows, "synthetic_proof": proof_rows, "latency": latency_rows,
+           "latency_rounds": latency_rounds_rows,
            "calibration": calibration_rows}
 
 
@@ -292,6 +317,15 @@ def test_fig3_one_panel_per_variance_and_tokenization_with_the_constant_predicto
                   if line.get_linestyle() == "-." and len(line.get_ydata())]
         assert levels == [pytest.approx(stats.constant_predictor_loss(variance))], ax.get_title()
     assert "constant predictor Var‖x‖₂" in _legend(fig)
+    # one line per n at the seed mean, with a band from the lowest to the highest seed
+    ax, loss = fig.axes[0], synthetic_loss_rows()
+    one = loss[(loss["variance"] == VARIANCES[0]) & (loss["tokens"] == "5x2") & (loss["n"] == 1)]
+    line = next(line for line in ax.get_lines() if line.get_label() == "n=1")
+    assert line.get_ydata() == pytest.approx(one.groupby("step")["loss"].mean().to_numpy())
+    bands = [c for c in ax.collections if len(c.get_paths())]
+    assert len(bands) == len(set(one["n"]) | set(paper.e1_plateaus()["n"][paper.e1_plateaus()["tokens"] == "5x2"]))
+    single = e1._fig3_loss(synthetic_loss_rows(seeds=(0,)), sample_study().synthetic.tokenizations)
+    assert not [c for c in single.axes[0].collections if len(c.get_paths())]   # one seed: no band
     proof = e1._fig3_proof(proof_rows(), sample_study().synthetic.tokenizations)
     assert [ax.get_title() for ax in proof.axes if ax.get_title()] == [
         f"variance {v}, {t}, n = 1" for v in VARIANCES for t in ("5x2", "2x5")]

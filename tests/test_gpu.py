@@ -120,7 +120,7 @@ def test_a_gpu_trained_model_evaluates_the_same_on_cpu_and_cuda(params, mnist5k,
 def test_latency_times_the_keep_path_on_cuda():
     wide = Wide.of(dict(experts=8, hidden_per_expert=512, dim=64, tokens=16, layers=2, width=1.0))
     cfg = Latency.of(dict(fractions=[1.0, 0.25], batch_sizes=[1, 8], warmup=2, repeats=5, wide=wide.raw))
-    rows = latency.time_config("wide", latency.wide_layers(wide), (16, 64), cfg, CUDA)
+    rows, _ = latency.time_config("wide", latency.wide_layers(wide), (16, 64), cfg, CUDA)
     assert {r["device"] for r in rows} == {"cuda"}
     assert {(r["config"], r["batch"], r["k"]) for r in rows} == {
         (c, b, k) for c in ("wide", "wide@bf16") for b in (1, 8) for k in (8, 2)}

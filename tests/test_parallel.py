@@ -24,7 +24,7 @@ from softmoe import cli
 CORES = 3                       # the DAG is built for --cores 3 ...
 GRID_THREADS = 4                # ... with params threads: 4, so Snakemake scales every job to 3
 # Steps that run torch work; each takes --threads and its rule must pass Snakemake's {threads}.
-TORCH_STEPS = {"train", "synthetic", "proof", "evaluate", "calibrate", "latency", "bench"}
+TORCH_STEPS = {"train", "synthetic", "proof", "evaluate", "calibrate", "hypothesis", "latency", "bench"}
 # Timing steps: they reserve every core (threads: workflow.cores) so that no job runs next to
 # them, and time with one torch thread (Snakefile comments).
 ALONE_STEPS = {"latency", "bench"}
@@ -48,8 +48,10 @@ def grid(tmp_path_factory) -> list[dict]:
         job["argv"] = shlex.split(job["shellcmd"])
         job["step"] = job["argv"][job["argv"].index("softmoe") + 1]
     # prepare, train, evaluate, synthetic, proof, tabulate, calibrate, summarize, latency, claims,
-    # figures, report, bench
-    assert len(jobs) == 1 + 8 + 8 + 4 + 2 + 6 + 1 + 1 + 1 + 1 + 1 + 1 + 1
+    # figures, report, bench, hypothesis (its trained runs), hypotheses
+    from softmoe import layout, params as P, stages
+    runs = len(layout.hypothesis_runs(P.Study.of(params)))
+    assert len(jobs) == 1 + 8 + 8 + 4 + 2 + len(stages.tabulated()) + 1 + 1 + 1 + 1 + 1 + 1 + 1 + runs + 1
     return jobs
 
 
@@ -210,7 +212,8 @@ _THREAD_PROBE = textwrap.dedent("""
         return work
 
     stubs = {"train": ["train_run"], "synthetic": ["train_synthetic", "proof_check"],
-             "evaluate": ["evaluate_run"], "calibration": ["calibrate"], "latency": ["measure"],
+             "evaluate": ["evaluate_run"], "calibration": ["calibrate"], "hypothesis_run": ["run"],
+             "latency": ["measure"],
              "bench": ["run"]}
     for module, names in stubs.items():
         fake = types.ModuleType("softmoe." + module)
@@ -223,12 +226,14 @@ _THREAD_PROBE = textwrap.dedent("""
         "proof": ["proof", *p, "--run", "r", "--out", "o"],
         "evaluate": ["evaluate", *p, "--data", "d", "--run", "r", "--out", "o"],
         "calibrate": ["calibrate", *p, "--data", "d", "--experts", "4", "--seed", "0", "--out", "o"],
+        "hypothesis": ["hypothesis", *p, "--name", "authors_recipe", "--data", "d", "--experts", "32",
+                       "--seed", "0", "--out", "o"],
         "latency": ["latency", *p, "--out", "o", "--hardware", "h"],
         "bench": ["bench", "--out", "o", "--md", "m"],
     }
     assert "torch" not in sys.modules and "numpy" not in sys.modules  # as in `softmoe <step>`
     for i, (step, args) in enumerate(argv.items()):
-        module = {"proof": "synthetic", "calibrate": "calibration"}.get(step, step)
+        module = {"proof": "synthetic", "calibrate": "calibration", "hypothesis": "hypothesis_run"}.get(step, step)
         name = {"proof": "proof_check", "synthetic": "train_synthetic"}.get(step, stubs[module][0])
         setattr(sys.modules["softmoe." + module], name, probe(step, first=i == 0))
         if i:                                        # undo the previous step's setup

@@ -15,8 +15,8 @@ BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 def test_default_params_and_paper_configs_are_valid(tmp_path, monkeypatch):
     P.validate(copy.deepcopy(BASE))
-    for path in sorted((ROOT / "config").glob("*.yaml")):
-        params = yaml.safe_load(path.read_text())
+    for path in sorted((ROOT / "config").glob("*.yaml")):   # overlays of params.yaml
+        params = P.merged(BASE, yaml.safe_load(path.read_text()))
         if params["dataset"] == "imagenet":  # needs a local ImageFolder tree
             (tmp_path / "train").mkdir()
             params["datasets"]["imagenet"]["root"] = str(tmp_path)
@@ -151,6 +151,7 @@ def test_section_fields_are_the_schema_keys():
 def test_study_holds_the_file_typed_and_raw():
     for path in [ROOT / "params.yaml", *sorted((ROOT / "config").glob("*.yaml"))]:
         raw = yaml.safe_load(path.read_text())
+        raw = raw if path.name == "params.yaml" else P.merged(BASE, raw)   # config/*.yaml: overlays
         study = P.Study.of(raw)
         assert study.raw is raw and study.train.raw is raw["train"] and study.model.raw is raw["model"]
         assert study.experts == tuple(raw["experts"]) and study.dataset_entry.raw is raw["datasets"][raw["dataset"]]

@@ -5,6 +5,7 @@ The plateau test uses a short run (batch 1,000, 250 steps, lr 1e-2 instead of th
 2x5 n=1 2.52 vs n=10 0.35 (final loss = mean MSE of the last 10% of steps)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -40,7 +41,7 @@ def runs(tmp_path_factory) -> dict:
     for tokens in ("5x2", "2x5"):
         for n in (1, 10):
             folders[tokens, n] = root / tokens / f"n{n}"
-            synthetic.train_synthetic(p, "auto", VARIANCE, tokens, n, folders[tokens, n])
+            synthetic.train_synthetic(p, "auto", VARIANCE, tokens, n, 0, folders[tokens, n])
     return folders
 
 
@@ -61,7 +62,7 @@ def test_outputs_follow_the_file_contract(runs, tokens, dim):
     loss = pd.read_csv(folder / "loss.csv")
     assert list(loss.columns) == ["step", "loss"] and loss["step"].tolist() == list(range(1, 251))
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics == {"tokens": 10 // dim, "dim": dim, "n": 10, "steps": 250, "variance": VARIANCE,
+    assert metrics == {"tokens": 10 // dim, "dim": dim, "n": 10, "seed": 0, "steps": 250, "variance": VARIANCE,
                        "final_loss": pytest.approx(loss["loss"].tail(25).mean(), rel=1e-12),
                        "params_experts": 20 * dim * dim}
     assert loss["loss"].iloc[:10].mean() > 3 * metrics["final_loss"]       # it trained
@@ -73,18 +74,18 @@ def test_outputs_follow_the_file_contract(runs, tokens, dim):
 def test_same_seed_same_run(tmp_path):
     p = _synthetic(batch_size=500, steps=20, lr=0.01)
     for run in ("a", "b"):
-        synthetic.train_synthetic(p, "auto", VARIANCE, "5x2", 2, tmp_path / run)
+        synthetic.train_synthetic(p, "auto", VARIANCE, "5x2", 2, 0, tmp_path / run)
     assert (tmp_path / "a/loss.csv").read_text() == (tmp_path / "b/loss.csv").read_text()
     wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("a", "b"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the other reading of N(0, 5I): same seed, larger inputs, a larger loss; the variance is recorded
-    synthetic.train_synthetic(p, "auto", 25.0, "5x2", 2, tmp_path / "v25")
+    synthetic.train_synthetic(p, "auto", 25.0, "5x2", 2, 0, tmp_path / "v25")
     first = [pd.read_csv(tmp_path / f"{r}/loss.csv")["loss"].iloc[:5].mean() for r in ("a", "v25")]
     assert first[1] > 2 * first[0]
     assert json.loads((tmp_path / "v25/metrics.json").read_text())["variance"] == 25.0
-    p = p.replaced(seed=1)
-    synthetic.train_synthetic(p, "auto", VARIANCE, "5x2", 2, tmp_path / "c")
+    synthetic.train_synthetic(p, "auto", VARIANCE, "5x2", 2, 1, tmp_path / "c")
     assert (tmp_path / "a/loss.csv").read_text() != (tmp_path / "c/loss.csv").read_text()
+    assert json.loads((tmp_path / "c/metrics.json").read_text())["seed"] == 1
 
 
 @pytest.mark.parametrize("tokens", ["5x2", "2x5"])
@@ -113,3 +114,31 @@ def test_proof_check_refuses_other_models(runs, tmp_path):
         synthetic.proof_check(_synthetic().proof_scales, runs["5x2", 10], tmp_path / "p.csv")
     with pytest.raises(UserError, match="not found"):
         synthetic.proof_check(_synthetic().proof_scales, tmp_path, tmp_path / "p.csv")
+
+
+def test_every_seed_is_a_run_and_the_proof_reads_the_first(tmp_path, monkeypatch):
+    """synthetic.seeds: one run folder per (variance, tokens, n, seed); the loss table gains the
+    seed column; the proof check reads the n = 1 run of the first seed; final losses average the
+    seeds' own final losses."""
+    from softmoe import layout, stats, tables
+    from softmoe.experiments import e1_theorem
+    from softmoe.params import load_study
+    study = load_study(ROOT / "params.yaml")
+    study = dataclasses.replace(study, synthetic=study.synthetic.replaced(
+        experts=[1, 2], tokenizations=["5x2"], variances=[5], seeds=[3, 1], batch_size=200, steps=10, lr=0.01))
+    runs = layout.synthetic_runs(study.synthetic)
+    assert [(r["n"], r["seed"]) for r in runs] == [(1, 3), (1, 1), (2, 3), (2, 1)]
+    assert layout.proof_run(study.synthetic).format(variance=5, tokens="5x2") == "results/synthetic/v5/5x2/n1-s3"
+    assert e1_theorem.proof_runs(study) == [{"variance": 5, "tokens": "5x2"}]
+    monkeypatch.chdir(tmp_path)
+    for r in runs:
+        synthetic.train_synthetic(study.synthetic, "auto", 5.0, "5x2", r["n"], r["seed"],
+                                  Path(layout.SYNTHETIC.format(**r)))
+    tables.concat(study, "synthetic_loss", tmp_path / "synthetic_loss.csv")
+    loss = tables.read(tmp_path, "synthetic_loss")
+    assert sorted(set(zip(loss["n"], loss["seed"]))) == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    assert len(loss) == 4 * 10
+    finals = stats.final_losses(loss)
+    one = [stats.final_loss(loss[(loss["n"] == 1) & (loss["seed"] == s)].sort_values("step")["loss"]) for s in (1, 3)]
+    assert finals.loc[finals["n"] == 1, "final_loss"].item() == pytest.approx(sum(one) / 2, rel=1e-12)
+    assert one[0] != one[1]

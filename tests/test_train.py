@@ -19,13 +19,12 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from softmoe import modelfile, data, tables, train
+from softmoe import modelfile, data, numerics, tables, train
 from softmoe.errors import UserError
 from softmoe.models import MnistSoftMoE
 from softmoe.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
-VOLATILE = {"wall_time_s"}          # metrics that may differ between identical runs
 
 
 @pytest.fixture
@@ -47,7 +46,8 @@ def _model(params: dict):
 
 
 def _metrics(run: Path) -> dict:
-    return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in VOLATILE}
+    """metrics.json whole: it carries no timing (timing.json does), so identical runs agree on all of it."""
+    return json.loads((run / "metrics.json").read_text())
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -79,10 +79,14 @@ def _crash_at(monkeypatch, step: int) -> list[int]:
 def test_outputs_follow_the_file_contract(params, mnist5k, tmp_path, capsys):
     metrics = _train(params, mnist5k, 16, 0, tmp_path)
     assert set(metrics) == {"dataset", "n", "seed", "test_accuracy", "test_loss", "train_loss",
-                            "params_total", "params_experts", "expert_hidden", "epochs", "steps",
-                            "wall_time_s", "device", "threads"}
+                            "params_total", "params_experts", "expert_hidden", "epochs", "steps", "device"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
-    assert metrics["steps"] == 40 and metrics["epochs"] == 5 and metrics["threads"] == 1
+    assert metrics["steps"] == 40 and metrics["epochs"] == 5 and metrics["device"] == "cpu"
+    timing = json.loads((tmp_path / "timing.json").read_text())     # this host's facts, apart from the science
+    assert set(timing) == {"dataset", "n", "seed", "wall_time_s", "device", "threads", "numerics", "cpu",
+                           "aten_capability"}
+    assert timing["threads"] == 1 and timing["wall_time_s"] > 0 and timing["device"] == "cpu"
+    assert timing["numerics"] == numerics.mode() and timing["cpu"] == numerics.cpu_id()
     counts = (metrics["params_total"], metrics["params_experts"], metrics["expert_hidden"])
     assert counts == (318_305, 307_328, 49)                   # docs/study.md §3 at n=16
     assert metrics["test_accuracy"] > 0.4                     # far above chance after 40 steps

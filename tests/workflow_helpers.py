@@ -27,9 +27,18 @@ def tiny_params() -> dict:
     p["datasets"]["mnist5k"].update(train_size=600, test_size=200)
     p["train"].update(max_steps=20, batch_size=64)
     p["evaluate"].update(random_seeds=[0, 1, 2], batch_size=200)
-    p["synthetic"].update(experts=[1, 2], tokenizations=["5x2"], variances=[5], steps=15, batch_size=256)
+    p["synthetic"].update(experts=[1, 2], tokenizations=["5x2"], variances=[5], steps=15, batch_size=256,
+                        seeds=[0, 1])
     p["latency"].update(warmup=1, repeats=3, batch_sizes=[1, 4],
                         wide=dict(experts=4, hidden_per_expert=64, dim=32, tokens=8, layers=1, width=1.0))
+    for h in p.get("hypotheses", {}).values():    # the same runs as dvc.yaml lists, in seconds
+        over = h.get("overrides", {})
+        if over.get("train", {}).get("max_steps"):
+            over["train"]["max_steps"] = 20
+        if "train_subset" in over.get("data", {}):
+            over["data"]["train_subset"] //= 8
+        if h["runs_from"] == "calibration":
+            over["train"]["epochs"] = p["calibration"]["epochs"]
     return p
 
 

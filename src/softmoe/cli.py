@@ -103,7 +103,7 @@ def cmd_synthetic(args):
     from softmoe import synthetic
     study = _study(args)
     synthetic.train_synthetic(study.synthetic, study.train.accelerator, args.variance, args.tokens,
-                              args.experts, Path(args.out))
+                              args.experts, args.seed, Path(args.out))
 
 
 def cmd_proof(args):
@@ -159,7 +159,7 @@ def cmd_latency(args):
     from softmoe import layout
     study = _study(args)
     latency.measure(study.latency, study.model, layout.train_dirs(study, first_seed_only=True),
-                    Path(args.out), Path(args.hardware))
+                    Path(args.out), Path(args.hardware), Path(args.rounds))
 
 
 def cmd_figures(args):
@@ -169,8 +169,10 @@ def cmd_figures(args):
 
 def cmd_report(args):
     from softmoe import report
-    # The provenance names the study's own file: the overlay (`--configfile` in the reproduce line) if any.
-    report.build_report(_study(args), Path((args.overlay or [args.params])[-1]), Path(args.tables), Path(args.figures),
+    # The provenance names the study's own file: its (last) overlay if any, which the reproduce
+    # line passes with --configfile; params.yaml itself is in git at the commit it names.
+    study_file = Path((args.overlay or [args.params])[-1])
+    report.build_report(_study(args), study_file, Path(args.tables), Path(args.figures),
                         Path(args.claims), Path(args.benchmarks), [Path(p) for p in args.hash],
                         Path(args.html), Path(args.md))
 
@@ -234,9 +236,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--variance", type=float, required=True, help="x ~ N(0, variance * I), e.g. 5")
     p.add_argument("--tokens", required=True, help="tokenization of x in R^10, e.g. 5x2")
     p.add_argument("--experts", type=int, required=True)
-    p.add_argument("--out", required=True, help="run folder, e.g. results/synthetic/v5/5x2/n1")
+    p.add_argument("--seed", type=int, required=True, help="training seed, one of synthetic.seeds")
+    p.add_argument("--out", required=True, help="run folder, e.g. results/synthetic/v5/5x2/n1-s0")
     p = step("proof", cmd_proof, "numerical check of Theorem 1's proof on a trained n=1 model", threads=True)
-    p.add_argument("--run", required=True, help="synthetic run folder of an n=1 model")
+    p.add_argument("--run", required=True, help="synthetic run folder of an n=1 model, e.g. results/synthetic/v5/5x2/n1-s0")
     p.add_argument("--out", required=True, help="output CSV")
     p = step("evaluate", cmd_evaluate, "Algorithm 1 vs random, all experts and oracle for one model", threads=True)
     p.add_argument("--data", required=True, help="prepared data folder")
@@ -276,6 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     p = step("latency", cmd_latency, "time the Soft MoE layers (each n of the first training seed, and the wide layer) with only k experts running (E4)", threads=True)
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--hardware", required=True, help="output JSON describing the machine")
+    p.add_argument("--rounds", required=True, help="output CSV of every timed call with its ratio to the "
+                   "same round's k = n call, e.g. results/tables/mnist5k/latency_rounds.csv")
     p = step("figures", cmd_figures, "draw every figure (PNG and SVG) from the tables")
     p.add_argument("--tables", required=True)
     p.add_argument("--out", required=True)

@@ -194,7 +194,7 @@ def _oracle(contributions, mass, y, k, limit, renormalize):
 def _generic_counts(model, x, y, ks, modes, random_orders) -> dict:
     """Counts from the model's own forward pass: Algorithm 1 via k, random subsets via keep."""
     counts = {"all": int(_hits(model(x), y).sum())}
-    for r in modes:
+    for r in modes if ks else ():                # no k < n at n = 1: the all-experts count only
         alg1_hits = torch.stack([_hits(model(x, k=k, renormalize=r), y) for k in ks], dim=1)   # (b, ks)
         random_hits = torch.stack([torch.stack([_hits(model(x, keep=order[:, :k], renormalize=r), y)
                                                 for k in ks], dim=1) for order in random_orders])
@@ -212,20 +212,22 @@ def _rows(counts, n, ks, modes, seeds, oracle_k, total) -> pd.DataFrame:
     rows = []
     for r in modes:
         rows.append(_row(n, n, "all", r, counts["all"] / total))
-        alg1 = counts[("alg1", r)].double() / total                       # (ks,)
-        random = counts[("random", r)].double() / total                   # (seeds, ks)
-        mean, std = random.mean(dim=0), random.std(dim=0, correction=1)
-        diff_sd = _sd_from_sums(counts[("diff", r)], total)                  # (ks,)
-        for i, k in enumerate(ks):
-            rows.append(_row(k, n, "alg1", r, alg1[i].item(), z=z_score(alg1[i], mean[i], std[i]),
-                             diff_sd=diff_sd[i].item()))
-            rows.append(_row(k, n, "random", r, mean[i].item(), std=std[i].item(), count=len(seeds)))
+        if ks:                   # none at n = 1 (the single-expert control): its all-experts row only
+            alg1 = counts[("alg1", r)].double() / total                       # (ks,)
+            random = counts[("random", r)].double() / total                   # (seeds, ks)
+            mean, std = random.mean(dim=0), random.std(dim=0, correction=1)
+            diff_sd = _sd_from_sums(counts[("diff", r)], total)                  # (ks,)
+            for i, k in enumerate(ks):
+                rows.append(_row(k, n, "alg1", r, alg1[i].item(), z=z_score(alg1[i], mean[i], std[i]),
+                                 diff_sd=diff_sd[i].item()))
+                rows.append(_row(k, n, "random", r, mean[i].item(), std=std[i].item(), count=len(seeds)))
         if oracle_k is not None:
             correct, best = counts[("oracle", r)]
             rows.append(_row(oracle_k, n, "oracle", r, correct / total, count=int(best.unique().numel())))
     frame = pd.DataFrame(rows)
     frame["count"] = frame["count"].astype("Int64")
     frame["images"] = total
+    frame["diff_sd"] = frame.pop("diff_sd")            # the selection table's column order
     return frame
 
 

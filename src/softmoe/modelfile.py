@@ -68,7 +68,7 @@ def load_trained(run_dir: Path, model: Model, expect: dict | None = None) -> nn.
     """The trained model (of params.model) of a run folder in eval mode, refused (UserError) when
     its metadata (kind, and every key of `expect`, e.g. {"dataset": "mnist5k", "n": 16}) differs."""
     path = Path(run_dir) / "model.safetensors"
-    meta, state = modelfile.read(path, f"train the run (`softmoe train ... --out {run_dir}`)")
+    meta, state = read(path, f"train the run (`softmoe train ... --out {run_dir}`)")
     expected = {"kind": model.kind, **(expect or {})}
     if expected["kind"] != "mnist":
         expected.setdefault("img_size", model.img_size)
@@ -89,7 +89,7 @@ def load_trained(run_dir: Path, model: Model, expect: dict | None = None) -> nn.
 def run_metadata(run_dir: Path) -> dict[str, str]:
     """The metadata strings of a run's model.safetensors (dataset, n, seed, kind, img_size, ...)."""
     path = Path(run_dir) / "model.safetensors"
-    meta, _ = modelfile.read(path, "train the run first (`softmoe train`)", weights=False)
+    meta, _ = read(path, "train the run first (`softmoe train`)", weights=False)
     missing = [key for key in ("dataset", "n", "seed", "img_size", "in_chans") if key not in meta]
     if missing:
         raise UserError(f"{path}: metadata lacks {missing}; retrain the run with this version")

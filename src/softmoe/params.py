@@ -68,10 +68,11 @@ def load(path: str | Path, overlays: Sequence[str | Path] = ()) -> dict:
     layers = [(str(path), _read(path, "params file not found; pass --params <file> (default params.yaml)"))]
     layers += [(str(o), _read(o, "params overlay not found; check the --overlay (Snakemake: --configfile) "
                                  "path") or {}) for o in overlays]
+    if overlays:   # merging needs mappings (a lone file gets the schema check's message)
+        for source, layer in layers:
+            if not isinstance(layer, dict):
+                raise ParamsError(f"{source}: expected a mapping of keys, got {type(layer).__name__}")
     params = layers[0][1]
-    for source, layer in layers if overlays else ():
-        if not isinstance(layer, dict):
-            raise ParamsError(f"{source}: expected a mapping of keys, got {type(layer).__name__}")
     for _, overlay in layers[1:]:
         params = merged(params, overlay)
     problem = _first_problem(params)

@@ -76,9 +76,14 @@ def git_state(root: Path) -> dict:
             "root": top.strip(), "remote": (_git(root, "remote", "get-url", "origin") or "").strip()}
 
 
+def git_show(root: Path, relpath: str) -> str | None:
+    """A file's text as committed at git HEAD (path from the repository root; None when absent)."""
+    return _git(root, "show", f"HEAD:{relpath}")
+
+
 def committed_json(root: Path, relpath: str) -> dict | None:
     """A JSON file as committed at git HEAD (None when absent or not JSON)."""
-    text = _git(root, "show", f"HEAD:{relpath}")
+    text = git_show(root, relpath)
     if not text:
         return None
     try:

@@ -34,7 +34,8 @@ def claims_section(ctx: Context) -> Section:
             judged, margin = ", ".join(f"{k} {v}" for k, v in cl.get("scope", {}).items()), \
                 f"{cl.get('tolerance', '–')} ({cl.get('why', '–')})"
         else:
-            judged = scale_facts(cl.get("scale") or {}) or "–"
+            scale = cl.get("scale") or {}
+            judged = (scale_facts(scale) or "–") + (f"; {scale['note']}" if scale.get("note") else "")
             margin = cl.get("margin_reason") or "–"
         letter = cl.get("paper_claim")
         rows.append({"": key, "paper's claim": f"({letter})" if letter else "ours" if "paper_claim" in cl else "–",

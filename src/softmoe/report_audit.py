@@ -3,18 +3,17 @@ pipeline tests, the reproduction check against the committed metrics, and the pr
 run (git, machine, versions, seeds, md5 of every file it describes, wall times)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from softmoe import paper, provenance, stages, stats, tables
+from softmoe import layout, paper, provenance, stages, stats, tables
+from softmoe import reproduction as repro
 from softmoe.discrepancies import (SCALE_MODEL, UNEXPLAINED, e1_finals, oracle_rows, paper_reading,
                                    summary)
 from softmoe.render import Block, Section, given, num, pm
 from softmoe.report_context import Context, trace
 
-REPRO_TOLERANCE = 0.01   # reproduction check: metrics within this of the committed ones
 
 
 # ---- discrepancies -------------------------------------------------------------------------------
@@ -117,26 +116,48 @@ def run_is_smaller(ctx: Context) -> bool:
     return bool(ps and train and train < ps["train_size"]) or ctx.study.latency.wide.width < 1
 
 
-def hypothesis_rows(ctx: Context) -> pd.DataFrame | None:
-    """metrics/hypotheses.json as a table (None when the hypotheses step has not run)."""
+def read_hypotheses(ctx: Context) -> list[dict]:
+    """metrics/hypotheses.json (next to claims.json) as a list of hypotheses; [] when absent."""
     path = ctx.claims_path.parent / "hypotheses.json"
-    obj = tables.read_json(path, "rerun the hypotheses step") if path.is_file() else None
+    obj = tables.read_json(path, "rerun `softmoe hypotheses`") if path.is_file() else None
     found = (obj or {}).get("hypotheses", [])
     if isinstance(found, dict):
-        found = [{"key": k, **v} for k, v in found.items()]
-    rows = []
-    for h in (x for x in found if isinstance(x, dict)):
-        runs = h.get("runs")
-        lo, hi = h.get("lo"), h.get("hi")
-        explains = h.get("explains")
-        rows.append({"hypothesis": h.get("name") or h.get("key", "–"), "statement": h.get("statement", "–"),
-                     "quantity": h.get("quantity", "–"),
-                     "effect (95 % interval)": (num(h.get("effect"), 3, True) +
-                                                (f" ({num(lo, 3, True)} to {num(hi, 3, True)})"
-                                                 if lo is not None and hi is not None else "")),
-                     "explains": f"{explains:.0%}" if isinstance(explains, (int, float)) else str(explains or "–"),
-                     "runs": len(runs) if isinstance(runs, (list, tuple)) else (runs or "–")})
-    return pd.DataFrame(rows) if rows else None
+        found = [{"name": k, **v} for k, v in found.items()]
+    return [h for h in found if isinstance(h, dict)]
+
+
+def _estimate(value) -> tuple:
+    """(estimate, lo, hi) of an interval written as {estimate, lo, hi} or as a bare number."""
+    if isinstance(value, dict):
+        return value.get("estimate"), value.get("lo"), value.get("hi")
+    return value, None, None
+
+
+def hypothesis_facts(h: dict) -> dict:
+    """One hypothesis of metrics/hypotheses.json in words: name, statement, quantity, status,
+    effect (95 % interval), the share of the discrepancy it explains, runs."""
+    q = h.get("quantity")
+    quantity = q.get("label", "–") if isinstance(q, dict) else str(q or "–")
+    est, lo, hi = _estimate(h.get("effect"))
+    effect = "–" if est is None else num(est, 3, True) + (
+        f" ({num(lo, 3, True)} to {num(hi, 3, True)})" if lo is not None and hi is not None else "")
+    share, s_lo, s_hi = _estimate(h.get("explained_share"))
+    if share is not None:
+        explains = f"{share:.0%}" + (f" ({s_lo:.0%} to {s_hi:.0%})" if s_lo is not None and s_hi is not None else "")
+    else:
+        explains = h.get("share_note") or "–"
+    runs = h.get("runs")
+    status = h.get("status", "–") + (f": {h['why']}" if h.get("why") else "")
+    return {"hypothesis": h.get("name", "–"), "statement": h.get("description") or h.get("statement", "–"),
+            "quantity": quantity, "status": status, "effect (95 % interval)": effect,
+            "share of the discrepancy explained": explains,
+            "runs": len(runs) if isinstance(runs, (list, tuple)) else (runs if runs is not None else "–")}
+
+
+def hypothesis_rows(ctx: Context) -> pd.DataFrame | None:
+    """metrics/hypotheses.json as a table (None when the hypotheses step has not run)."""
+    found = read_hypotheses(ctx)
+    return pd.DataFrame([hypothesis_facts(h) for h in found]) if found else None
 
 
 def hypotheses(ctx: Context, experiment: str) -> list[str]:
@@ -160,7 +181,7 @@ def hypotheses(ctx: Context, experiment: str) -> list[str]:
         out = []
         cal = calibration_rows(ctx)
         if not cal.empty:
-            out.append("Steps vs epochs, measured: " + calibration_comment(cal) +
+            out.append("Steps vs epochs, measured: " + calibration_comment(cal, alg1_claim(ctx)) +
                        " (docs/study.md §7, docs/calibration.md).")
         ds = ctx.study.dataset
         ps = paper.SETTING.get(paper.REFERENCE.get(ds), {})
@@ -194,8 +215,8 @@ def oracle_hypothesis(ctx: Context) -> str:
     full = paper.SETTING["mnist"]["test_size"]
     if ours > theirs and images < full:
         text += (f" At n = {n}: ours {ours:,} distinct subsets on {images:,} test images against the paper's "
-                 f"{theirs:,} on {full:,}, i.e. more distinct subsets on fewer images; a larger test set can only "
-                 "add subsets, so the test-set size does not explain it. It suggests experts that are less "
+                 f"{theirs:,} on {full:,}, i.e. more distinct subsets on fewer images; for a given model the count "
+                 "can only grow with the number of test images, so our smaller test set does not explain it. It suggests experts that are less "
                  "specialized at this scale (several subsets are correct for an input and the largest-margin one "
                  "varies) or another tie-breaking rule in the paper; neither is measured here.")
     else:
@@ -227,8 +248,16 @@ def calibration_rows(ctx: Context) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
-def calibration_comment(cal: pd.DataFrame) -> str:
-    """The paper-epoch models beside the grid's, with where (b) would not hold at the paper's epochs."""
+def alg1_claim(ctx: Context) -> str:
+    """The label of the first claim that tests the paper's claim (b) (Algorithm 1 against random):
+    '(b1)' in the tested-verdict claims.json, '(b)' before it."""
+    keys = [k for k in ctx.claims.get("order", []) if ctx.claims["claims"][k].get("paper_claim") == "b"]
+    return f"({keys[0]})" if keys else "(b)"
+
+
+def calibration_comment(cal: pd.DataFrame, claim: str = "(b)") -> str:
+    """The paper-epoch models beside the grid's, with where `claim` (Algorithm 1 at least random)
+    would not hold at the paper's epochs."""
     parts, fails = [], []
     for r in cal.itertuples():
         parts.append(f"n={r.n}: {r.steps:,} steps ({r.epochs} epochs) give all {num(r.all)}, Alg1 n/4 {num(r.alg1)} "
@@ -238,73 +267,29 @@ def calibration_comment(cal: pd.DataFrame) -> str:
             fails.append(f"n = {r.n}: Alg1 {num(r.alg1)} < random {num(r.random)}")
     text = "; ".join(parts) + "."
     if fails:
-        text += (f" At the paper's {cal['epochs'].iloc[0]} epochs, claim (b) would not hold on this data ("
+        text += (f" At the paper's {cal['epochs'].iloc[0]} epochs, claim {claim} would not hold on this data ("
                  + "; ".join(fails) + "): the experts need the paper's number of steps to specialize here.")
     return text
 
 
 # ---- reproduction check ------------------------------------------------------------------------
-def reproduction(ctx: Context, root: Path, metrics_rel: str) -> tuple[str, Section]:
-    """This run's metrics against the ones committed at git HEAD."""
-    current = tables.read_json(root / metrics_rel, "rerun `softmoe summarize`")
-    committed = provenance.committed_json(root, metrics_rel)
-    title = "Reproduction check: this run against the committed metrics"
-    if current is None or committed is None:
-        why = "no committed metrics at git HEAD" if committed is None else f"{metrics_rel} missing"
-        return f"not possible ({why})", Section(title, [Block("text", text=f"Not possible: {why}.")])
-    ours, theirs = _flat(current.get("experts", {})), _flat(committed.get("experts", {}))
-    identical = ours == theirs
-    ours, theirs = _accuracies(ours), _accuracies(theirs)
-    common = sorted(set(ours) & set(theirs))
-    deltas = {k: ours[k] - theirs[k] for k in common}
-    worst = max(deltas, key=lambda k: abs(deltas[k])) if deltas else None
-    big = max((abs(v) for v in deltas.values()), default=0.0)
-    if identical:
-        verdict = "identical"
-    elif not common:
-        verdict = "different (no accuracy in common)"
-    elif big <= REPRO_TOLERANCE:
-        verdict = f"accuracies within tolerance (largest difference {big:.4f} ≤ {REPRO_TOLERANCE:g})"
-    else:
-        verdict = f"different (largest accuracy difference {big:.4f}, at {worst})"
-    if _seeds(current) != _seeds(committed):
-        verdict += f"; the committed metrics average {_seeds(committed)} training seed(s), this run {_seeds(current)}"
-    rows = [(label, obj.get("machine", {}).get("cpu", "not recorded"), _seeds(obj))
-            for label, obj in (("this run", current), ("committed (git HEAD)", committed))]
-    blocks = [Block("text", text=(f"{metrics_rel}: {verdict}; {len(common)} accuracies compared, "
-                                  f"{len(set(ours) ^ set(theirs))} present on one side only. Runs are bit-identical "
-                                  "on one machine type; another CPU model gives other bytes and metrics that differ "
-                                  "in the third decimal (README, Reproducibility).")),
-              Block("table", frame=pd.DataFrame(rows, columns=["", "machine (CPU)", "training seeds"]))]
-    if deltas:
-        top = sorted(deltas, key=lambda k: -abs(deltas[k]))[:15]
-        blocks.append(Block("table", frame=pd.DataFrame(
-            [{"metric": k, "this run": num(ours[k], 5), "committed": num(theirs[k], 5), "Δ": num(deltas[k], 5, True)}
-             for k in top]), caption="The largest differences", collapsed=True))
-    return verdict, Section(title, blocks)
-
-
-def _seeds(metrics: dict) -> str:
-    """The training seeds per n of a metrics/<dataset>.json (as recorded for its first n)."""
-    experts = metrics.get("experts", {})
-    return str(next(iter(experts.values()), {}).get("seeds", "–"))
-
-
-def _accuracies(flat: dict[str, float]) -> dict[str, float]:
-    """The accuracies among flattened metrics (all, alg1, random, oracle accuracy): the numbers
-    compared with a tolerance; z, counts and intervals scale differently."""
-    return {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] in ("all", "alg1", "random", "accuracy")}
-
-
-def _flat(obj, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for k, v in obj.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(_flat(v, key))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[key] = float(v)
-    return out
+def reproduction(ctx: Context, root: Path) -> tuple[str, Section]:
+    """This run's science outputs against the ones committed at git HEAD, by their bytes, with the
+    CPU models of both sides (softmoe.reproduction)."""
+    result = repro.check(root, ctx.study.dataset)
+    counts = (f"{len(result.compared)} science outputs compared (models, evaluations, tables, metrics, claims; "
+              f"the files of timings and machine facts left out: {', '.join(repro.NOT_SCIENCE)}), "
+              f"{len(result.differ)} differ, {len(result.missing)} committed but not in this run. "
+              f"{layout.CLAIMS}: {result.claims}. {result.accuracies.capitalize()}.") if result.compared else ""
+    blocks = [Block("text", text=(f"{result.verdict[0].upper()}{result.verdict[1:]}. {counts} With the code paths "
+                                  "pinned (portable: avx2 pins), x86 CPUs with AVX2 give the same bytes; README, "
+                                  "Reproducibility.")),
+              Block("table", frame=pd.DataFrame(list(result.cpus.items()),
+                                                columns=["", "trained on (CPU model [code paths])"]))]
+    if result.differ:
+        blocks.append(Block("pre", text="\n".join(result.differ), collapsed=True,
+                            caption=f"The {len(result.differ)} science output(s) whose bytes differ"))
+    return result.verdict, Section("Reproduction check: this run against the committed metrics", blocks)
 
 
 # ---- provenance ------------------------------------------------------------------------------------
@@ -320,10 +305,12 @@ def provenance_section(ctx: Context, hashed: list[Path], benchmarks_dir: Path) -
              ("params file", f"{ctx.params_path} (md5 {ctx.md5(ctx.params_path)})"),
              *((f"machine.{k}", str(v)) for k, v in provenance.machine().items()),
              ("training device(s)", ", ".join(sorted({str(d) for d in ctx.frames['training']['device']}))),
+             ("numerical code paths of the trainings (softmoe.numerics)", trained_on(ctx, "numerics")),
+             ("CPU model of the trainings", trained_on(ctx, "cpu")),
              *((f"latency hardware.{k}", str(v)) for k, v in (ctx.hardware or {}).items()),
              ("training seeds (params.seeds)", ", ".join(map(str, p.seeds))),
              ("random-subset seeds (evaluate.random_seeds)", ", ".join(map(str, p.evaluate.random_seeds))),
-             ("synthetic seed (synthetic.seed)", str(p.synthetic.seed)),
+             ("synthetic seeds (synthetic.seeds)", ", ".join(map(str, p.synthetic.seeds))),
              (f"data split seed (datasets.{p.dataset}.split_seed)",
               "–" if p.dataset_entry.split_seed is None else str(p.dataset_entry.split_seed))]
     blocks = [Block("table", frame=pd.DataFrame(facts, columns=["", "value"]))]
@@ -338,21 +325,34 @@ def provenance_section(ctx: Context, hashed: list[Path], benchmarks_dir: Path) -
     blocks.append(Block("table", frame=hashes.assign(bytes=hashes["bytes"].map(num)), collapsed=True,
                         caption=f"md5 of the {len(hashes)} files this report describes (data, models, tables, "
                                 "metrics, figures, code), computed when it was written"))
+    blocks.append(Block("table", frame=pd.DataFrame(
+        [{"step": step, "code": ", ".join(Path(c).name for c in stages.code(step))} for step in stages.STEPS]),
+        collapsed=True, caption="The code each step runs (the traces under figures and tables name the steps)"))
     blocks.append(Block("table", frame=provenance.versions(), caption="Package versions", collapsed=True))
-    blocks += wall_blocks(benchmarks_dir, ctx.frames["training"])
+    blocks += wall_blocks(benchmarks_dir, ctx.frames.get("training_time"))
     return Section("Provenance", blocks)
+
+
+def trained_on(ctx: Context, column: str) -> str:
+    """The distinct values of a training_time column (the trainings' timing.json), with counts."""
+    timing = ctx.frames.get("training_time")
+    if timing is None or timing.empty:
+        return "not recorded (no training_time table)"
+    counts = timing[column].astype(str).value_counts()
+    return "; ".join(f"{value} ({count} run{'s' if count != 1 else ''})" for value, count in counts.items())
 
 
 def tables_and_figures(ctx: Context) -> list[Path]:
     return [ctx.tables_dir, ctx.figures_dir, ctx.claims_path]
 
 
-def wall_blocks(benchmarks_dir: Path, train: pd.DataFrame) -> list[Block]:
+def wall_blocks(benchmarks_dir: Path, timing: pd.DataFrame | None) -> list[Block]:
     bench = provenance.wall_times(benchmarks_dir) if Path(benchmarks_dir).is_dir() else pd.DataFrame()
     if bench.empty:
+        alone = (f"{timing['wall_time_s'].sum():,.0f} s" if timing is not None and len(timing)
+                 else "not recorded (no training_time table)")
         return [Block("text", text=(f"Wall time per step: NOT RUN (no Snakemake benchmark files under "
-                                    f"{benchmarks_dir}). Training alone (training.csv): "
-                                    f"{train['wall_time_s'].sum():,.0f} s."))]
+                                    f"{benchmarks_dir}). Training alone (training_time.csv): {alone}."))]
     per_rule = bench.groupby("rule").agg(jobs=("job", "count"), total_s=("s", "sum"), mean_s=("s", "mean"),
                                          max_s=("s", "max"), max_rss_mb=("max_rss_mb", "max")).reset_index()
     total = bench["s"].sum()

@@ -209,5 +209,6 @@ def training_section(ctx: Context) -> Section:
              "train time s (all seeds)": num(wall.get(n), 0)} for n, r in g.iterrows()]
     blocks += [Block("table", frame=pd.DataFrame(rows), caption=(
         "One row per n: the real parameter counts at the fixed budget (the floor makes it inexact at large n) "
-        "and the all-experts test accuracy (mean over seeds).")), trace(ctx, ["training"])]
+        "and the all-experts test accuracy (mean over seeds); the train time from each run's timing.json.")),
+        trace(ctx, ["training", "training_time"])]
     return Section("Training and the fixed budget", blocks)

@@ -24,7 +24,7 @@ from softmoe.errors import UserError
 STEPS = {
     "prepare": ["datasets.{dataset}"],
     "train": ["model", "train"],
-    "synthetic": ["synthetic.batch_size", "synthetic.steps", "synthetic.lr", "synthetic.seed"],
+    "synthetic": ["synthetic.batch_size", "synthetic.steps", "synthetic.lr"],   # the seed: in the path
     "proof": ["synthetic.proof_scales"],
     "evaluate": ["evaluate"],
     "calibrate": ["model", "train", "evaluate", "calibration.epochs"],

@@ -3,7 +3,9 @@
 Each run trains a NormRegressor (no normalization, no residual, fixed sum of the outputs) with
 Adam on a fresh batch x ~ N(0, variance * I) every step, MSE, through Lightning (an
 IterableDataset of fresh batches; one optimizer step per batch). Outputs per run folder:
-loss.csv (step, loss), metrics.json, model.safetensors (+ metadata tokens, dim, n, seed).
+loss.csv (step, loss), metrics.json, model.safetensors (+ metadata tokens, dim, n, seed). Each
+(variance, tokens, n) is trained for every seed of synthetic.seeds, so that each final loss has an
+interval over training seeds (docs/study.md §4).
 """
 from __future__ import annotations
 
@@ -62,20 +64,21 @@ class NormRegression(pl.LightningModule):
 
 
 def data_seed(seed: int) -> int:
-    """Seed of the batch stream: derived from synthetic.seed, independent of the init stream."""
+    """Seed of the batch stream: derived from the run's seed, independent of the init stream."""
     return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
 
 
 def train_synthetic(syn: Synthetic, accelerator: str, variance: float, tokenization: str, n: int,
-                    out: Path) -> None:
-    """Train one regressor (x ~ N(0, variance·I), tokenization like "5x2", n experts) under
-    params.synthetic on train.accelerator and write its run folder."""
+                    seed: int, out: Path) -> None:
+    """Train one regressor (x ~ N(0, variance·I), tokenization like "5x2", n experts, training
+    seed `seed`: initialization and batch stream) under params.synthetic on train.accelerator and
+    write its run folder."""
     out = Path(out)
     tokens, dim = synthetic_shape(tokenization)
-    pl.seed_everything(syn.seed, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     model = NormRegressor(tokens, dim, n)
     module = NormRegression(model, syn.lr)
-    loader = DataLoader(FreshBatches(syn.batch_size, variance, data_seed(syn.seed)), batch_size=None)
+    loader = DataLoader(FreshBatches(syn.batch_size, variance, data_seed(seed)), batch_size=None)
     interactive = console_setup()
     trainer = pl.Trainer(accelerator=accelerator, devices=1,
                          max_steps=syn.steps, deterministic=True, logger=False,
@@ -84,12 +87,12 @@ def train_synthetic(syn: Synthetic, accelerator: str, variance: float, tokenizat
     trainer.fit(module, loader)
     losses = torch.stack(module.losses).cpu().tolist()
     atomic.write_csv(out / "loss.csv", pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}))
-    metadata = {"kind": "synthetic", "tokens": tokens, "dim": dim, "n": n, "seed": syn.seed,
+    metadata = {"kind": "synthetic", "tokens": tokens, "dim": dim, "n": n, "seed": seed,
                 "variance": variance}
     modelfile.save(out / "model.safetensors", model, metadata)
     atomic.write_json(out / "metrics.json", {
         "tokens": tokens, "dim": dim, "n": n, "variance": variance, "final_loss": final_loss(losses),
-        "steps": len(losses), "params_experts": count_parameters(model)["experts"]})
+        "seed": seed, "steps": len(losses), "params_experts": count_parameters(model)["experts"]})
 
 
 def load_regressor(run_dir: Path) -> NormRegressor:
@@ -98,7 +101,7 @@ def load_regressor(run_dir: Path) -> NormRegressor:
     meta, state = modelfile.read(path, f"run `softmoe synthetic ... --out {run_dir}` first")
     if meta.get("kind") != "synthetic":
         raise UserError(f"{path}: not a synthetic ||x||_2 model (kind {meta.get('kind')!r}); "
-                        "pass a results/synthetic/<tokens>/n<n> folder")
+                        "pass a results/synthetic/v<variance>/<tokens>/n<n>-s<seed> folder")
     model = NormRegressor(int(meta["tokens"]), int(meta["dim"]), int(meta["n"]))
     model.load_state_dict(state)
     return model.eval()
@@ -124,7 +127,7 @@ def proof_check(proof_scales: tuple[float, ...], run_dir: Path, out_csv: Path) -
     model = load_regressor(Path(run_dir)).double()
     if model.moe.num_experts != 1:
         raise UserError(f"{run_dir}: the proof check is about the n=1 model, this one has "
-                        f"n={model.moe.num_experts}; pass results/synthetic/<tokens>/n1")
+                        f"n={model.moe.num_experts}; pass results/synthetic/v<variance>/<tokens>/n1-s<seed>")
     if model.tokens < 2:
         raise UserError(f"{run_dir}: the proof needs at least 2 tokens, the model has {model.tokens}")
     rows = []

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
+from softmoe import numerics
 from softmoe.layer import SoftMoE
 from softmoe.provenance import machine
 
@@ -76,11 +77,22 @@ def _timed(fn: Callable[[], object], device: str) -> tuple[float, float]:
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int,
                      budget_s: float = math.inf, min_repeats: int = 1) -> dict[str, dict]:
-    """Time several callables round robin (order rotated every round) -> {name: stats}.
+    """Time several callables round robin (order rotated every round) -> {name: stats}
+    (summarize_times of `time_rounds`; on the CPU with the process CPU time too)."""
+    rounds = time_rounds(fns, device, warmup, repeats, budget_s, min_repeats)
+    return {name: summarize_times(wall, cpu if device == "cpu" else None) for name, (wall, cpu) in rounds.items()}
+
+
+def time_rounds(fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int,
+                budget_s: float = math.inf, min_repeats: int = 1) -> dict[str, tuple[list[float], list[float]]]:
+    """Time several callables round robin (order rotated every round) -> {name: (wall seconds,
+    process CPU seconds)}, one entry per round in round order: entry r of two callables was
+    measured in the same round r, side by side, so their ratio is free of slow drift of the
+    machine (the per-round ratios of softmoe.latency).
 
     Each callable's first warm-up call is timed; one whose `repeats` calls would take more than
     its share of budget_s (budget_s / number of callables) gets fewer timed calls (down to
-    min_repeats) and no further warm-up. On the CPU the process CPU time is recorded too."""
+    min_repeats, its first rounds) and no further warm-up."""
     names = list(fns)
     first = {}
     for name in names:
@@ -106,7 +118,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: str, warmup: 
             seconds, cpu_seconds = _timed(fns[name], device)
             wall[name].append(seconds)
             cpu[name].append(cpu_seconds)
-    return {name: summarize_times(wall[name], cpu[name] if device == "cpu" else None) for name in names}
+    return {name: (wall[name], cpu[name]) for name in names}
 
 
 # ---- CUDA graphs ---------------------------------------------------------------------------
@@ -192,9 +204,10 @@ def run_layers(layers: list[SoftMoE], x: torch.Tensor, k: int | None = None) -> 
 
 # ---- hardware ----------------------------------------------------------------------------
 def hardware() -> dict:
-    """What the timings ran on."""
+    """What the timings ran on (with the code paths, softmoe.numerics)."""
     cuda = torch.cuda.is_available()
-    info = {**machine(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    info = {**machine(), "cpu_id": numerics.cpu_id(), "numerics": numerics.mode(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             "cuda": torch.version.cuda if cuda else None}
     if cuda:

@@ -8,6 +8,7 @@ rule latency:
     output:
         csv=f"{TABLES}/latency.csv",
         hardware=f"{TABLES}/hardware.json",
+        rounds=f"{TABLES}/latency_rounds.csv",
     log:
         f"logs/latency/{DATASET}.log",
     benchmark:
@@ -24,4 +25,4 @@ rule latency:
         "Timing the Soft MoE layers with only k experts running (alone on the machine)"
     shell:
         "softmoe latency {params.files} --out {output.csv} --hardware {output.hardware}"
-        " --threads 1 > {log} 2>&1"
+        " --rounds {output.rounds} --threads 1 > {log} 2>&1"

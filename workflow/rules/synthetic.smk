@@ -6,9 +6,9 @@ rule synthetic:
         loss=f"{layout.SYNTHETIC}/loss.csv",
         metrics=f"{layout.SYNTHETIC}/metrics.json",
     log:
-        "logs/synthetic/v{variance}/{tokens}/n{n}.log",
+        "logs/synthetic/v{variance}/{tokens}/n{n}-s{seed}.log",
     benchmark:
-        f"{layout.BENCHMARKS}/synthetic/v{{variance}}/{{tokens}}/n{{n}}.tsv"
+        f"{layout.BENCHMARKS}/synthetic/v{{variance}}/{{tokens}}/n{{n}}-s{{seed}}.tsv"
     threads: P["threads"]
     resources:
         mem_mb=2000,
@@ -18,10 +18,10 @@ rule synthetic:
         out=lambda wildcards, output: os.path.dirname(output.model),
         settings=stages.param_values("synthetic", P),
     message:
-        "Synthetic ||x||_2 regressor, variance {wildcards.variance}, tokens {wildcards.tokens}, n={wildcards.n}"
+        "Synthetic ||x||_2 regressor, variance {wildcards.variance}, tokens {wildcards.tokens}, n={wildcards.n}, seed {wildcards.seed}"
     shell:
         "softmoe synthetic {params.files} --variance {wildcards.variance} --tokens {wildcards.tokens}"
-        " --experts {wildcards.n}"
+        " --experts {wildcards.n} --seed {wildcards.seed}"
         " --out {params.out} --threads {threads} > {log} 2>&1"
 
 
@@ -44,6 +44,6 @@ rule proof:
         run=lambda wildcards, input: os.path.dirname(input.model),
         settings=stages.param_values("proof", P),
     message:
-        "Theorem 1 proof check on the n=1 model, variance {wildcards.variance}, tokens {wildcards.tokens}"
+        "Theorem 1 proof check on the n=1 model (first synthetic seed), variance {wildcards.variance}, tokens {wildcards.tokens}"
     shell:
         "softmoe proof {params.files} --run {params.run} --out {output} --threads {threads} > {log} 2>&1"

@@ -90,9 +90,11 @@ def _full_row(rows: pd.DataFrame, batch: int, n: int) -> pd.Series | None:
     return same.iloc[0] if len(same) else None
 
 
-def _time_claim(key: str, scope: dict, rows: pd.DataFrame | None, what: str, scale: dict) -> Claim:
+def _time_claim(key: str, scope: dict, rows: pd.DataFrame | None, what: str, scale: dict,
+                rounds: pd.DataFrame | None = None) -> Claim:
     """(c2) on one configuration: the time ratio at k = n/4 (to k = n) below the paper's ratio +
-    TIME_SLACK at every batch size, with intervals from the timing repeats (verdicts.ratio_test)."""
+    TIME_SLACK at every batch size, with intervals from the timing repeats (verdicts.ratio_test;
+    per-round ratios from `rounds`, latency_rounds.csv, when recorded)."""
     paper_ratio = paper.e4_latency().query("k_frac == @E4_FRACTION").set_index("batch")["ratio"]
     claim = Claim(key, f"running only the k = n/4 kept experts saves inference time like the paper's "
                   f"(0.46 / 0.52 of full time at batch 1 / 100): {what}", scope, "c",
@@ -107,7 +109,8 @@ def _time_claim(key: str, scope: dict, rows: pd.DataFrame | None, what: str, sca
         quarter, full = g[g["k"] == k_for(n, E4_FRACTION)], _full_row(g, batch, n)
         if len(quarter) and full is not None:
             found.append((int(batch), quarter.iloc[0], full))
-    tests = [verdicts.ratio_test(f"batch {b}", row, full, float(paper_ratio.get(b, 0.5)) + TIME_SLACK, len(found))
+    tests = [verdicts.ratio_test(f"batch {b}", row, full, float(paper_ratio.get(b, 0.5)) + TIME_SLACK, len(found),
+                                 verdicts.round_ratios(rounds, row["config"], int(row["n"]), int(row["k"]), b))
              for b, row, full in found]
     claim.ours = ", ".join(f"batch {b}: {t.effect:.2f}" for (b, _, _), t in zip(found, tests)) or "–"
     claim.numbers = {f"ratio_b{b}": round(t.effect, 4) for (b, _, _), t in zip(found, tests)}
@@ -117,13 +120,14 @@ def _time_claim(key: str, scope: dict, rows: pd.DataFrame | None, what: str, sca
     return verdicts.decide(claim, tests, "no k = n/4 and k = n rows at a common batch size")
 
 
-def claim_time_wide(latency: pd.DataFrame | None, width: float = 1.0) -> Claim:
-    """(c2) the paper-sized wide layer (latency config "wide", at width `width` of the paper's)."""
+def claim_time_wide(latency: pd.DataFrame | None, width: float = 1.0, rounds: pd.DataFrame | None = None) -> Claim:
+    """(c2) the paper-sized wide layer (latency config "wide", at width `width` of the paper's;
+    rounds: latency_rounds.csv when the latency step wrote it)."""
     rows = None if latency is None else latency[latency["config"] == WIDE]
     device = ", ".join(sorted(set(rows["device"]))) if rows is not None and len(rows) else "–"
     model = f"the paper's table-3 layer (n = 8 wide experts) at width ×{width:g}, random weights"
     claim = _time_claim("c2", {"dataset": "random inputs", "device": device, "model": model}, rows,
-                        "the paper-sized wide layer", verdicts.latency_scale(width, device, model))
+                        "the paper-sized wide layer", verdicts.latency_scale(width, device, model), rounds)
     if rows is None or rows.empty:
         claim = verdicts.not_run(claim, "no 'wide' rows in latency.csv (latency step not run)")
     return claim
@@ -188,7 +192,8 @@ EXPERIMENT = Experiment(
         "with all n (error bars: quartiles), against k/n, one line per configuration, one panel "
         "per batch size; dashed: the ideal k/n; hollow diamonds: the paper's ratios (table 3).",
         ("latency",), lambda ev: _fig5(ev.frames["latency"])),),
-    claims=(lambda ev: claim_time_wide(ev.frames["latency"], ev.study.latency.wide.width),
+    claims=(lambda ev: claim_time_wide(ev.frames["latency"], ev.study.latency.wide.width,
+                                       ev.frames.get("latency_rounds")),
             lambda ev: claim_time_gpu(ev.gpu),
             lambda ev: observe_time_trained(ev.frames["latency"], scope(ev))),
 )

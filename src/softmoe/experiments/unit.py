@@ -87,27 +87,46 @@ class Experiment:
 
 
 # ---- claims -----------------------------------------------------------------------------------
-PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT RUN"
+VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN)
+ALPHA = 0.05      # family-wise over one claim's tests (softmoe.inference.ALPHA)
 
 
 @dataclass
 class Claim:
-    """One claim judged on a run: what it says, what it was judged on, our number, the paper's,
-    the tolerance and why, the verdict and its evidence."""
+    """One claim judged on a run by interval tests (softmoe.inference, softmoe.verdicts): what it
+    says, which of the paper's claims it tests (docs/study.md §1: "a", "b", "c"; None for our own
+    checks), what it was judged on and at what scale next to the paper's, its tests with their
+    margins and why those margins, the verdict and, for NOT RUN, why; for INCONCLUSIVE, the
+    smallest effect beyond the margin this run could have detected."""
     key: str
     statement: str
     scope: dict
-    tolerance: str
-    why: str
+    paper_claim: str | None
+    tolerance: str                # the tests in words: which effect, which side of which margin
+    margin_reason: str            # why these margins
     verdict: str = NOT_RUN
+    why: str = ""                 # NOT RUN: why
+    detectable: str = ""          # INCONCLUSIVE: the smallest detectable effect beyond the margin
+    tests: list = field(default_factory=list)     # {what, effect, lo, hi, margin, direction, outcome, mde}
+    alpha: float = ALPHA
+    correction: str = ""
+    scale: dict = field(default_factory=dict)
     ours: str = "–"
     paper: str = "–"
     evidence: str = ""
     numbers: dict = field(default_factory=dict)   # numeric values for `dvc metrics diff`
 
 
-def verdict(ok: list[bool]) -> str:
-    return NOT_RUN if not ok else PASS if all(ok) else FAIL
+@dataclass
+class Observation:
+    """A measurement reported next to the claims but not judged (no verdict), with the reason."""
+    key: str
+    statement: str
+    scope: dict
+    ours: str = "–"
+    note: str = ""
+    numbers: dict = field(default_factory=dict)
 
 
 def scope(ev: Evidence) -> dict:
