@@ -69,6 +69,7 @@ rule all:
         rules.summarize.output,
         rules.claims.output,
         rules.hypotheses.output,
+        rules.crate.output,
 
 
 onsuccess:

@@ -124,7 +124,8 @@ def test_bad_astroformer_params_name_the_key(change, words):
 
 
 def test_cifar_configs_are_the_papers_recipe():
-    for name, grid in (("cifar10", [2, 4, 8, 16, 32, 64, 128]), ("cifar100", [2, 8, 16, 64, 128])):
+    # the paper's grids plus the single-expert control n = 1 at the same budget (issue 21)
+    for name, grid in (("cifar10", [1, 2, 4, 8, 16, 32, 64, 128]), ("cifar100", [1, 2, 8, 16, 64, 128])):
         params = P.load(ROOT / "params.yaml", [ROOT / f"config/{name}.yaml"])
         P.validate(params)
         t = params["train"]

@@ -97,9 +97,9 @@ def test_every_step_of_the_package_has_existing_deps_and_stages_serves_them():
         assert files == deps.step_deps(step) and files == sorted(files)
         assert all((ROOT / f).is_file() for f in files), step
         assert "src/softmoe/cli.py" not in files
-        # Only the report reads the stage table (to say which step and code made each table);
-        # no step that computes results may depend on it.
-        assert step == "report" or "src/softmoe/stages.py" not in files, step
+        # Only the report and the crate read the stage table (to say which step and code made each
+        # table, and which code files the run used); no step that computes results may depend on it.
+        assert step in ("report", "crate") or "src/softmoe/stages.py" not in files, step
 
 
 def test_package_data_files_are_found_in_the_modules_that_load_them():
@@ -129,7 +129,7 @@ def test_package_init_runs_no_code():
 
 def test_dvc_yaml_lists_exactly_the_derived_code_deps():
     assert stages.check_dvc(DVC_YAML) == []
-    assert deps.main(["--check", str(DVC_YAML)]) == 0
+    assert stages.main(["--check", str(DVC_YAML)]) == 0
 
 
 def test_an_added_import_fails_the_check_for_its_stages(tmp_path):
@@ -160,7 +160,7 @@ def test_write_puts_the_derived_deps_into_dvc_yaml_and_keeps_the_rest(tmp_path):
     problems = stages.check_dvc(stale)
     assert any("imports src/softmoe/evaluate.py: add `- src/softmoe/evaluate.py`" in p for p in problems)
     assert any("does not use src/softmoe/bench.py: remove it" in p for p in problems)
-    assert deps.main(["--check", str(stale)]) == 1
+    assert stages.main(["--check", str(stale)]) == 1
     stages.write_dvc(stale)
     assert stale.read_text() == fresh
 

@@ -90,7 +90,8 @@ def test_missing_outputs_and_missing_lock(repo, tmp_path):
     (repo / "results/eval/toy/n4-s0.csv").unlink()
     result = reproduction.check(repo, "toy")
     assert result.missing == ["results/eval/toy/n4-s0.csv"]
-    assert "1 committed output(s) not in this run" in result.verdict
+    assert result.verdict.startswith("partial: the 5 science outputs present have the committed bytes")
+    assert "1 committed output(s) are not in this run" in result.verdict
     bare = tmp_path / "bare"
     bare.mkdir()
     assert reproduction.check(bare, "toy").verdict == "not possible (no dvc.lock at git HEAD)"

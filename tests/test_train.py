@@ -19,7 +19,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from softmoe import modelfile, data, numerics, tables, train
+from softmoe import modelfile, data, numerics, train
 from softmoe.errors import UserError
 from softmoe.models import MnistSoftMoE
 from softmoe.params import Study
@@ -91,7 +91,7 @@ def test_outputs_follow_the_file_contract(params, mnist5k, tmp_path, capsys):
     assert counts == (318_305, 307_328, 49)                   # docs/study.md §3 at n=16
     assert metrics["test_accuracy"] > 0.4                     # far above chance after 40 steps
     curves = pd.read_csv(tmp_path / "curves.csv")
-    assert list(curves.columns) == tables.CURVE_COLUMNS
+    assert list(curves.columns) == train.CURVE_COLUMNS
     assert curves["epoch"].tolist() == [1, 2, 3, 4, 5] and curves["step"].tolist() == [8, 16, 24, 32, 40]
     last = curves.iloc[-1]                                    # the last row is the last weights
     assert last["test_accuracy"] == metrics["test_accuracy"]
@@ -161,6 +161,18 @@ def test_checkpoint_under_another_recipe_is_set_aside_not_resumed(params, mnist5
     assert "training from the start" in capsys.readouterr().err
     assert (tmp_path / "a/checkpoints/last.ckpt.stale").is_file()
     assert again["test_accuracy"] == fresh["test_accuracy"] and _same_weights(tmp_path / "a", tmp_path / "b")
+
+
+def test_checkpoint_of_other_code_paths_is_set_aside_not_resumed(params, mnist5k, tmp_path, capsys, monkeypatch):
+    """A checkpoint written under native code paths is not resumed by a pinned run (softmoe.numerics):
+    the weights would mix both roundings."""
+    params["train"]["max_steps"] = 8
+    with monkeypatch.context() as m:
+        m.setattr(numerics, "mode", lambda: "native (SOFTMOE_NATIVE=1)")
+        _train(params, mnist5k, 2, 0, tmp_path / "a")
+    _train(params, mnist5k, 2, 0, tmp_path / "a")
+    err = capsys.readouterr().err
+    assert "training from the start" in err and "changed: numerics" in err
 
 
 class _Diverging(MnistSoftMoE):

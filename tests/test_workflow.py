@@ -18,7 +18,7 @@ LOG_REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
 # Outputs that hold timings or machine facts (or are markers), left out of bit-for-bit comparisons
 # (softmoe.reproduction.NOT_SCIENCE): claims.json and discrepancies.csv judge and compare the
 # latency timings too. Each training's metrics.json and training.csv carry none (timing.json does).
-TIMING = ("latency.csv", "hardware.json", "timing.json", "training_time.csv", "-machine.json", "dvclive",
+TIMING = ("latency", "hardware.json", "timing.json", "training_time.csv", "-machine.json", "dvclive",
           "checkpoints", "params.valid", "benchmarks", ".snakemake_timestamp", "claims.json", "discrepancies.csv")
 
 
@@ -49,9 +49,9 @@ def test_both_engines_run_the_same_commands_with_the_same_outputs(fresh):
     for cmd, outs in smk.items():
         assert outs == dvc[cmd], cmd
     # prepare, train, synthetic, proof, evaluate, calibrate, tabulate, summarize, latency, claims, figures, report,
-    # hypothesis (the trained runs dvc.yaml lists), hypotheses
+    # hypothesis (the trained runs dvc.yaml lists), hypotheses, crate
     runs = len(yaml.safe_load((fresh / "dvc.yaml").read_text())["stages"]["hypothesis"]["foreach"])
-    assert len(dvc) == 1 + 2 + 2 + 1 + 2 + 1 + len(stages.tabulated()) + 1 + 1 + 1 + 1 + 1 + runs + 1
+    assert len(dvc) == 1 + 2 + 4 + 1 + 2 + 1 + len(stages.tabulated()) + 1 + 1 + 1 + 1 + 1 + runs + 1 + 1
 
 
 def test_params_keys_and_code_deps_follow_the_stage_table(fresh):

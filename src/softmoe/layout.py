@@ -17,6 +17,7 @@ EVAL = "results/eval/{dataset}/n{n}-s{seed}.csv"
 CALIBRATION = "results/calibration/{dataset}/n{n}-s{seed}"
 HYPOTHESIS = "results/hypotheses/{dataset}/{name}/n{n}-s{seed}"    # one trained run of a hypothesis
 HYPOTHESES = "metrics/hypotheses.json"
+CRATE = "ro-crate-metadata.json"   # the run as a Workflow Run RO-Crate, at the crate's root: the repository
 TABLES = "results/tables/{dataset}"
 METRICS = "metrics/{dataset}.json"
 MACHINE = "metrics/{dataset}-machine.json"   # where the grid was trained (not science)

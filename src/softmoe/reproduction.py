@@ -21,7 +21,7 @@ import yaml
 from softmoe import layout, provenance
 
 # Outputs that carry timings or machine facts, not results (fnmatch patterns, paths as in dvc.lock).
-NOT_SCIENCE = ("*/timing.json", "*/training_time.csv", "*/latency.csv", "*/hardware.json",
+NOT_SCIENCE = ("*/timing.json", "*/training_time.csv", "*/latency*.csv", "*/hardware.json",
                "metrics/*-machine.json", "reports/*", "results/benchmarks/*")
 TOLERANCE = 0.01          # the accuracies of metrics/<dataset>.json compared when bytes differ
 
@@ -106,16 +106,20 @@ def check(root: Path, dataset: str) -> Check:
 
 
 def _verdict(r: Check) -> str:
+    """"identical" only when every committed science output exists here with its bytes."""
     if not r.compared:
         return f"not possible (none of the {len(r.missing)} committed science outputs exists in this run)"
     sides = "; ".join(f"{side}: {cpu}" for side, cpu in r.cpus.items())
-    missing = f"; {len(r.missing)} committed output(s) not in this run" if r.missing else ""
-    if not r.differ:
-        return (f"identical: all {len(r.compared)} science outputs, {layout.CLAIMS} included, have the committed "
-                f"bytes{missing} ({sides})")
-    shown = ", ".join(r.differ[:3]) + (", …" if len(r.differ) > 3 else "")
-    return (f"differs: {len(r.differ)} of {len(r.compared)} science outputs ({shown}); {layout.CLAIMS}: {r.claims}; "
-            f"{r.accuracies}{missing} ({sides})")
+    claims = f"{layout.CLAIMS} included" if layout.CLAIMS in r.compared else f"{layout.CLAIMS} not in this run"
+    if r.differ:
+        shown = ", ".join(r.differ[:3]) + (", …" if len(r.differ) > 3 else "")
+        missing = f"; {len(r.missing)} committed output(s) not in this run" if r.missing else ""
+        return (f"differs: {len(r.differ)} of {len(r.compared)} science outputs ({shown}); {layout.CLAIMS}: "
+                f"{r.claims}; {r.accuracies}{missing} ({sides})")
+    if r.missing:
+        return (f"partial: the {len(r.compared)} science outputs present have the committed bytes ({claims}), "
+                f"{len(r.missing)} committed output(s) are not in this run ({sides})")
+    return f"identical: all {len(r.compared)} science outputs, {claims}, have the committed bytes ({sides})"
 
 
 def _claims(root: Path) -> str:

@@ -36,6 +36,7 @@ STEPS = {
     "claims": [],
     "figures": [],
     "report": ["report"],
+    "crate": [],
 }
 
 

@@ -18,6 +18,17 @@ HASHED = [
     f"results/calibration/{DATASET}",
     layout.METRICS.format(dataset=DATASET),
     layout.MACHINE.format(dataset=DATASET),
+    f"results/hypotheses/{DATASET}",
+    layout.HYPOTHESES,
+]
+
+# What the run's RO-Crate describes: the report's files, and the tables, figures and report.
+CRATE_HASHED = [
+    *HASHED,
+    TABLES,
+    layout.FIGURES,
+    "reports/report.html",
+    "reports/report.md",
 ]
 
 # The n = 1 synthetic run (first synthetic seed) whose model Theorem 1's proof check reads.

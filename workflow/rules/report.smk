@@ -65,6 +65,7 @@ rule report:
         tables=TABLE_FILES,
         latency=rules.latency.output,
         models=[str(d / "model.safetensors") for d in layout.train_dirs(STUDY)],
+        hypotheses=layout.HYPOTHESES,
         code=stages.code("report"),
     output:
         html=report(
@@ -90,3 +91,26 @@ rule report:
         "softmoe report {params.files} --tables {params.tables} --figures {params.figures}"
         " --claims {input.claims} --benchmarks {params.benchmarks} {params.hashed}"
         " --html {output.html} --md {output.md} > {log} 2>&1"
+
+
+rule crate:
+    input:
+        report=rules.report.output,
+        claims=rules.claims.output.claims,
+        code=stages.code("crate"),
+    output:
+        layout.CRATE,
+    log:
+        "logs/crate.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        files=PARAMS_OPTIONS,
+        hashed=" ".join(f"--hash {h}" for h in CRATE_HASHED),
+    message:
+        "Describing the run as a Workflow Run RO-Crate, checked offline with roc-validator"
+    shell:
+        "softmoe crate {params.files} --claims {input.claims} {params.hashed}"
+        " --out {output} --validate > {log} 2>&1"
