@@ -163,8 +163,14 @@ def frames(study: Study) -> dict:
     return {"selection": grid, "calibration": None, "hypotheses": runs}
 
 
+def authors_recipe_at(raw: dict) -> Study:
+    """params.yaml with the authors' recipe run at the (n, seed) pairs of GRID."""
+    raw["hypotheses"]["authors_recipe"].update(experts=[32, 64], seeds=[0, 1])
+    return Study.of(raw)
+
+
 def test_the_effect_is_the_paired_mean_with_an_interval_and_the_share_of_the_gap(raw):
-    study = Study.of(raw)
+    study = authors_recipe_at(raw)
     entry = hypotheses.hypothesis_entry(study.hypotheses["authors_recipe"], study, frames(study))
     assert entry["status"] == "tested" and entry["pairs"] == 4 and entry["missing"] == []
     effect = entry["effect"]
@@ -182,7 +188,7 @@ def test_the_effect_is_the_paired_mean_with_an_interval_and_the_share_of_the_gap
 
 
 def test_more_noise_between_seeds_widens_the_interval(raw):
-    study = Study.of(raw)
+    study = authors_recipe_at(raw)
     tight = hypotheses.hypothesis_entry(study.hypotheses["authors_recipe"], study, frames(study))
     noisy = frames(study)
     noisy["hypotheses"].loc[0, "accuracy"] += 0.10

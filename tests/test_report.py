@@ -213,7 +213,7 @@ def test_the_verdict_box_tells_the_papers_claims_from_ours(tmp_path):
     assert groups[4] == "Observations (reported, not verdicts)"
     lines = dict((k, line) for k, line in re.findall(r"^> \*\*[A-Z ]+\*\* — \((\w+)\) (.*)$", box, re.MULTILINE))
     # b1: the worse of its two tests (the n=4 point, whose interval reaches below the margin)
-    assert "Alg1 − random, n=4, k=n/4: -0.008 (95 % interval -0.038 to +0.022; claimed ≥ -0.010) [worst of 2 tests]" \
+    assert "Alg1 − random, n=4, k=n/4: -0.008 (simultaneous 95 % interval -0.038 to +0.022; claimed ≥ -0.010) [worst of 2 tests]" \
         in lines["b1"]
     assert "smallest effect this run could detect: 0.031" in lines["b1"]
     assert "reached only at this run's scale (ours 4,000 training / 1,000 test images, 3 seed(s); paper 60,000 " \

@@ -41,7 +41,7 @@ def claims_section(ctx: Context) -> Section:
         rows.append({"": key, "paper's claim": f"({letter})" if letter else "ours" if "paper_claim" in cl else "–",
                      "claim": cl["statement"], "judged on": judged, "ours": cl.get("ours", "–"),
                      "paper": cl.get("paper", "–"),
-                     "tests: effect (95 % interval; claimed side)": "; ".join(test_text(t) for t in tests or []) or "–",
+                     "tests: effect (simultaneous 95 % interval over the claim's tests; claimed side)": "; ".join(test_text(t) for t in tests or []) or "–",
                      "margin (why)": margin, "verdict": cl["verdict"], "evidence": cl.get("evidence", "")})
     correction = next((cl.get("correction") for _, cl in ordered(ctx.claims) if cl.get("correction")), None)
     return Section("Claims", [

@@ -123,7 +123,7 @@ def telling_test(tests: list[dict]) -> dict | None:
 
 def test_text(t: dict) -> str:
     side = "≥" if t.get("direction", "above") == "above" else "≤"
-    out = f"{t.get('what', 'test')}: {_g(t.get('effect'))} (95 % interval {_g(t.get('lo'))} to {_g(t.get('hi'))}"
+    out = f"{t.get('what', 'test')}: {_g(t.get('effect'))} (simultaneous 95 % interval {_g(t.get('lo'))} to {_g(t.get('hi'))}"
     if t.get("margin") is not None:
         out += f"; claimed {side} {_g(t['margin'])}"
     return out + ")"
