@@ -185,6 +185,13 @@ def test_imports_run_one_way(rule):
     assert not broken, broken
 
 
+def test_no_import_cycle(toy):
+    assert stages.cycles() == []
+    (toy / "fit.py").write_text("from softmoe import store\n")      # fit -> store -> fit
+    (toy / "store.py").write_text("from softmoe import fit\n")
+    assert ["fit", "store"] in stages.cycles(toy)
+
+
 def test_rules_name_existing_modules():
     names = set(deps.modules())
     named = {m for m in deps.ALLOWED} | {m for m in deps.FORBIDDEN if m != "*"}

@@ -77,6 +77,14 @@ def table_files(study, table: str) -> list[str]:
     return [str(path) for path, _ in experiments.table(table).inputs(study)]
 
 
+def cycles(root=deps.PACKAGE) -> list[list[str]]:
+    """The import cycles of the package: every group of two or more modules that reach each
+    other through imports (softmoe.deps), each sorted; tests/test_deps.py keeps it empty."""
+    reach = {m: deps.closure({m}, root) for m in deps.modules(root)}
+    groups = {frozenset(o for o in reach[m] if m in reach[o]) for m in reach}
+    return sorted(sorted(g) for g in groups if len(g) > 1)
+
+
 # ---- dvc.yaml ------------------------------------------------------------------------------------
 def _dvc_steps(dvc_yaml: Path) -> dict[str, tuple[str, set[str] | None]]:
     """dvc.yaml stage -> (the softmoe step its cmd runs, the src/ files its deps list; None: no deps)."""
