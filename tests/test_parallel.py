@@ -47,11 +47,11 @@ def grid(tmp_path_factory) -> list[dict]:
     for job in jobs:
         job["argv"] = shlex.split(job["shellcmd"])
         job["step"] = job["argv"][job["argv"].index("softmoe") + 1]
-    # prepare, train, evaluate, synthetic, proof, tabulate, calibrate, summarize, latency, claims,
-    # figures, report, bench, hypothesis (its trained runs), hypotheses
+    # prepare, train, evaluate, synthetic (4 runs x 2 seeds), proof, tabulate, calibrate, summarize,
+    # latency, claims, figures, report, bench, hypothesis (its trained runs), hypotheses, crate
     from softmoe import layout, params as P, stages
     runs = len(layout.hypothesis_runs(P.Study.of(params)))
-    assert len(jobs) == 1 + 8 + 8 + 4 + 2 + len(stages.tabulated()) + 1 + 1 + 1 + 1 + 1 + 1 + 1 + runs + 1
+    assert len(jobs) == 1 + 8 + 8 + 8 + 2 + len(stages.tabulated()) + 1 + 1 + 1 + 1 + 1 + 1 + 1 + runs + 1 + 1
     return jobs
 
 
@@ -87,12 +87,13 @@ def test_no_two_jobs_write_the_same_file(grid):
 # The project's output folders: every path a job writes lies in one of them, whatever the params
 # (dataset names are a closed list and download roots must lie under data/: test_params.py).
 OUTPUT_FOLDERS = {"data", "results", "metrics", "reports", "logs"}
+ROOT_FILES = {"ro-crate-metadata.json"}     # the run's RO-Crate sits at the crate's root: the project
 
 
 def test_every_job_writes_inside_the_projects_output_folders(grid):
     outside = sorted(path for job in grid for group in _writes(job) for path in group
                      if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts
-                     or PurePosixPath(path).parts[0] not in OUTPUT_FOLDERS)
+                     or (PurePosixPath(path).parts[0] not in OUTPUT_FOLDERS and path not in ROOT_FILES))
     assert not outside, outside
 
 
@@ -222,13 +223,13 @@ _THREAD_PROBE = textwrap.dedent("""
     p = ["--params", root + "/params.yaml"]
     argv = {
         "train": ["train", *p, "--data", "d", "--experts", "2", "--seed", "0", "--out", "o"],
-        "synthetic": ["synthetic", *p, "--variance", "5", "--tokens", "5x2", "--experts", "2", "--out", "o"],
+        "synthetic": ["synthetic", *p, "--variance", "5", "--tokens", "5x2", "--experts", "2", "--seed", "0", "--out", "o"],
         "proof": ["proof", *p, "--run", "r", "--out", "o"],
         "evaluate": ["evaluate", *p, "--data", "d", "--run", "r", "--out", "o"],
         "calibrate": ["calibrate", *p, "--data", "d", "--experts", "4", "--seed", "0", "--out", "o"],
         "hypothesis": ["hypothesis", *p, "--name", "authors_recipe", "--data", "d", "--experts", "32",
                        "--seed", "0", "--out", "o"],
-        "latency": ["latency", *p, "--out", "o", "--hardware", "h"],
+        "latency": ["latency", *p, "--out", "o", "--hardware", "h", "--rounds", "r"],
         "bench": ["bench", "--out", "o", "--md", "m"],
     }
     assert "torch" not in sys.modules and "numpy" not in sys.modules  # as in `softmoe <step>`
