@@ -142,10 +142,11 @@ def test_fresh_clone_pulls_and_has_nothing_to_do(author):
 # comparison with the metrics committed at git HEAD (the author's run had none yet).
 RUN_FACTS = ("Provenance", "Reproduction check: this run against the committed metrics")
 REPRO_CLAUSE = re.compile(r"Reproduction check: [^*]*")
+COST_LINE = re.compile(r"^- Cost: .*$", re.MULTILINE)   # the summary's job times: Snakemake's benchmark files
 
 
 def without_run_facts(section: str) -> str:
-    return REPRO_CLAUSE.sub("Reproduction check: …", section)
+    return COST_LINE.sub("- Cost: …", REPRO_CLAUSE.sub("Reproduction check: …", section))
 
 
 def report_sections(path: Path) -> dict[str, str]:
