@@ -40,10 +40,7 @@ def judge(study: Study, frames: dict, gpu: dict | None) -> list[Claim | Observat
 
 def check(claim: Claim) -> Claim:
     """A claim's verdict follows from its own tests: refuse to write one that does not."""
-    outcomes = [t["outcome"] for t in claim.tests]
-    want = inference.NOT_RUN if not outcomes else (
-        inference.CONTRADICTED if "contradicts" in outcomes else
-        inference.SUPPORTED if all(o == "supports" for o in outcomes) else inference.INCONCLUSIVE)
+    want = inference.verdict_of([t["outcome"] for t in claim.tests])
     if claim.verdict != want or (want == inference.NOT_RUN and not claim.why):
         raise ValueError(f"claim {claim.key}: verdict {claim.verdict} does not follow from its tests ({want}) "
                          "or a NOT RUN claim says no why")

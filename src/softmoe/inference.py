@@ -233,9 +233,14 @@ def median_test(what: str, values, margin: float, direction: str, m: int, alpha:
 
 # ---- a claim's verdict -------------------------------------------------------------------------
 def verdict(tests: list[Test]) -> str:
-    if not tests:
+    return verdict_of([t.outcome for t in tests])
+
+
+def verdict_of(outcomes: list[str]) -> str:
+    """The verdict of a claim whose tests had these outcomes ("supports", ...); NOT RUN without."""
+    if not outcomes:
         return NOT_RUN
-    codes = [next(c for c, name in OUTCOMES.items() if name == t.outcome) for t in tests]
+    codes = [next(c for c, name in OUTCOMES.items() if name == o) for o in outcomes]
     return str(verdict_codes(codes))
 
 
