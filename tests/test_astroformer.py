@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from softmoe import modelfile, data, evaluate, params as P, train
-from softmoe.astroformer import SoftMoEAstroformer, SoftMoETransformerBlock
-from softmoe.errors import UserError
-from softmoe.layer import SoftMoE
-from softmoe.modelfile import build_model
-from softmoe.selection import random_experts, select_experts
+from softmoe.data import datasets
+from softmoe.model import modelfile
+from softmoe.steps import evaluate, train
+from softmoe.study import params as P
+from softmoe.model.astroformer import SoftMoEAstroformer, SoftMoETransformerBlock
+from softmoe.base.errors import UserError
+from softmoe.model.layer import SoftMoE
+from softmoe.model.modelfile import build_model
+from softmoe.model.selection import random_experts, select_experts
 from test_data import _write_cifar_like
 from test_models import assert_paper_counts
 
@@ -159,7 +162,7 @@ def cifar_params(tmp_path, monkeypatch) -> dict:
 def test_tiny_astroformer_prepare_train_evaluate(cifar_params, tmp_path):
     p = P.Study.of(cifar_params)
     prepared, run = tmp_path / "data" / "cifar10", tmp_path / "run"
-    data.prepare(p.datasets, "cifar10", prepared)
+    datasets.prepare(p.datasets, "cifar10", prepared)
     metrics = train.train_run(p.train, p.model, p.dataset_entry, prepared, 4, 0, run)
     assert metrics["steps"] == 6 and np.isfinite(metrics["test_loss"]) and metrics["expert_hidden"] == 16
     assert metrics["params_experts"] == 2 * 4 * (2 * 32 * 16 + 16 + 32)
@@ -176,9 +179,9 @@ def test_tiny_astroformer_prepare_train_evaluate(cifar_params, tmp_path):
         assert sorted(rows[rows.method == "random"].k) == [1, 2]
         assert rows[rows.method == "all"].accuracy.item() == pytest.approx(metrics["test_accuracy"])
     assert "oracle" not in set(table.method)                              # generic path: no oracle
-    images, labels = data.load_split(prepared, "test", p.dataset_entry)
+    images, labels = datasets.load_split(prepared, "test", p.dataset_entry)
     with torch.no_grad():                                                 # Algorithm 1 in every layer
-        hits = (model(data.model_inputs(images, p.train, p.model), k=1).argmax(1) == labels).float().mean().item()
+        hits = (model(datasets.model_inputs(images, p.train, p.model), k=1).argmax(1) == labels).float().mean().item()
     alg1 = table[(table.method == "alg1") & (table.k == 1) & (~table.renormalize)]
     assert alg1.accuracy.item() == pytest.approx(hits)
     wider = P.Model.of({**TINY, "embed_dims": [8, 16, 64]})              # a model of other params

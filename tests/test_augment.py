@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from softmoe import data, datamodule, evaluate, train
-from softmoe.params import ParamsError, Study, load, load_study, validate
+from softmoe.data import datamodule, datasets
+from softmoe.steps import evaluate, train
+from softmoe.study.params import ParamsError, Study, load, load_study, validate
 from test_astroformer import cifar_params  # noqa: F401  (fixture)
 from test_data import _datamodule, _FakeTrainer
 from test_train import Crash, _crash_at, _metrics, _same_weights
@@ -48,7 +49,7 @@ def test_every_epoch_gives_another_view():
 
 def _prepared(params: dict, tmp_path: Path) -> Path:
     out = tmp_path / "data" / "cifar10"
-    data.prepare(Study.of(params).datasets, "cifar10", out)
+    datasets.prepare(Study.of(params).datasets, "cifar10", out)
     return out
 
 
@@ -75,7 +76,7 @@ def test_augmented_batches_do_not_depend_on_workers_and_test_split_is_untouched(
     assert all(torch.equal(a[1], b[1]) and not torch.equal(a[0], b[0]) for a, b in zip(first, second))
     dm = _datamodule(p, prepared)
     dm.setup()
-    images, _ = data.load_split(prepared, "test")
+    images, _ = datasets.load_split(prepared, "test")
     assert torch.equal(next(iter(dm.test_dataloader()))[0], images[:4])
 
 

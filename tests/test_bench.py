@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from softmoe import (bench, bench_formulations, bench_output, bench_plans, bench_workflow, cli, stats,
-                     timing)
-from softmoe.errors import UserError
-from softmoe.layer import SoftMoE
+from softmoe import cli
+from softmoe.bench import formulations, output, plans, suite, timing, workflow
+from softmoe.study import stats
+from softmoe.base.errors import UserError
+from softmoe.model.layer import SoftMoE
 
 TSV_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -36,7 +37,7 @@ def quick(tmp_path_factory):
     _tsv(root / "results/benchmarks/evaluate/n2.tsv", [0.25, 0.5])
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv(bench.DEVICES_ENV, "cpu")
+        mp.setenv(suite.DEVICES_ENV, "cpu")
         assert cli.main(["bench", "--quick", "--out", "out/b.json", "--md", "out/b.md"]) == 0
     return json.loads((root / "out/b.json").read_text()), (root / "out/b.md").read_text()
 
@@ -47,11 +48,11 @@ def _close(a, b):
 
 def test_quick_json_structure(quick):
     result, _ = quick
-    assert result["schema"] == bench.SCHEMA and result["quick"] is True
+    assert result["schema"] == suite.SCHEMA and result["quick"] is True
     m = result["machine"]
     assert m["devices"] == ["cpu"] and m["torch_threads"] == 1 and m["torch"] == torch.__version__
     assert m["cores"] >= 1 and m["cpu"] and m["device_name"]["cpu"] == m["cpu"]
-    plan = bench_plans.QUICK
+    plan = plans.QUICK
     expected = {(c, n, f) for c in plan.layer_shapes for n in plan.layer_experts for f in ("ours", "loop", "vmap")}
     assert {(r["config"], r["n"], r["formulation"]) for r in result["layer"]} == expected
     for r in result["layer"] + result["selective"] + result["training"]:
@@ -82,14 +83,14 @@ def test_selective_ratios_come_from_the_times(quick):
     result, _ = quick
     rows = result["selective"]
     groups = {(r["config"], r["n"], r["batch"]) for r in rows}
-    assert {(c, b) for c, _, b in groups} == {(c, b) for c in ("mnist", "wide") for b in bench_plans.QUICK.batches}
+    assert {(c, b) for c, _, b in groups} == {(c, b) for c in ("mnist", "wide") for b in plans.QUICK.batches}
     for key in groups:
         group = [r for r in rows if (r["config"], r["n"], r["batch"]) == key]
         dense = [r for r in group if r["path"] == "dense"]
         assert len(dense) == 1 and dense[0]["k"] == key[1]
         selective = sorted((r for r in group if r["path"] == "selective"), key=lambda r: r["k"])
         n = key[1]
-        assert [r["k"] for r in selective] == sorted(stats.latency_ks(n, bench_plans.QUICK.fractions))
+        assert [r["k"] for r in selective] == sorted(stats.latency_ks(n, plans.QUICK.fractions))
         for r in group:
             for clock in ("", "cpu_"):
                 assert _close(r[f"{clock}ratio"], r[f"{clock}median_ms"] / dense[0][f"{clock}median_ms"])
@@ -113,7 +114,7 @@ def test_training_and_study_benchmarks(quick):
 
 def test_targets_and_markdown_follow_the_json(quick):
     result, md = quick
-    assert bench_output.targets(result) == result["targets"]
+    assert output.targets(result) == result["targets"]
     [fastest] = result["targets"]
     ours = {r["n"]: r["median_ms"] for r in result["layer"] if r["formulation"] == "ours"}
     others = {}
@@ -140,7 +141,7 @@ def test_targets_judge_the_issue_thresholds():
     times = {(2, "ours"): 1.0, (2, "loop"): 2.0, (2, "vmap"): 3.0,
              (64, "ours"): 2.0, (64, "loop"): 7.0, (64, "vmap"): 1.5,
              (512, "ours"): 3.0, (512, "loop"): 9.0, (512, "vmap"): 9.0}
-    out = {t["target"]: t for t in bench_output.targets(_fake_result(times, {2: 10, 512: 45}, 0.36))}
+    out = {t["target"]: t for t in output.targets(_fake_result(times, {2: 10, 512: 45}, 0.36))}
     fastest = out["cpu/c: ours fastest of ours, loop, vmap at every n"]
     assert not fastest["met"] and fastest["measured"] == "lost at n = 64"
     loop = out["cpu/c: ours >= 4x faster than the loop at n=64"]
@@ -150,7 +151,7 @@ def test_targets_judge_the_issue_thresholds():
     assert not out["cpu/wide (2 layer(s), hidden 64): k=n/4, batch 100 time ratio <= 0.35 of k=n"]["met"]
     assert all("cpu_met" not in t for t in out.values())      # no CPU clock in these rows
     times[(64, "vmap")], times[(64, "loop")], times[(512, "ours")] = 2.5, 8.0, 2.0
-    assert all(t["met"] for t in bench_output.targets(_fake_result(times, selective_ratio=0.35)))
+    assert all(t["met"] for t in output.targets(_fake_result(times, selective_ratio=0.35)))
 
 
 @pytest.mark.parametrize("normalize,bias,activation,slots", [
@@ -160,12 +161,12 @@ def test_comparison_formulations_compute_our_layer(normalize, bias, activation, 
     ours = SoftMoE(6, 4, 5, slots_per_expert=slots, normalize=normalize, bias=bias, activation=activation)
     x = torch.randn(3, 7, 6)
     ours(x).pow(2).sum().backward()
-    for cls in (bench_formulations.LoopSoftMoE, bench_formulations.VmapSoftMoE):
+    for cls in (formulations.LoopSoftMoE, formulations.VmapSoftMoE):
         other = cls(ours)
         torch.testing.assert_close(other(x), ours(x))
         other(x).pow(2).sum().backward()
         torch.testing.assert_close(other.phi.grad.reshape(ours.phi.shape), ours.phi.grad)
-        if cls is bench_formulations.LoopSoftMoE:
+        if cls is formulations.LoopSoftMoE:
             w1 = torch.stack([e[0].weight.grad.t() for e in other.experts])
         else:
             w1 = other.stacked[other.names.index("0.weight")].grad.transpose(1, 2)
@@ -191,38 +192,38 @@ def test_summaries_counts_and_interleaving():
 
 
 def test_study_benchmarks_reject_a_broken_file(tmp_path):
-    assert bench_workflow.study_benchmarks(tmp_path / "missing") == {"root": str(tmp_path / "missing"), "found": False,
+    assert workflow.study_benchmarks(tmp_path / "missing") == {"root": str(tmp_path / "missing"), "found": False,
                                                            "rules": [], "total_s": 0}
     bad = tmp_path / "train" / "n2.tsv"
     bad.parent.mkdir()
     bad.write_text("not a benchmark\n")
     with pytest.raises(UserError, match="n2.tsv"):
-        bench_workflow.study_benchmarks(tmp_path)
+        workflow.study_benchmarks(tmp_path)
 
 
 def test_commands_record_failures_instead_of_raising(tmp_path):
-    missing = bench_workflow.timed_command("nope", ["no-such-tool-softmoe"], tmp_path)
+    missing = workflow.timed_command("nope", ["no-such-tool-softmoe"], tmp_path)
     assert missing["ok"] is False and "not found" in missing["error"]
-    failing = bench_workflow.timed_command("exit 3", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path)
+    failing = workflow.timed_command("exit 3", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path)
     assert failing["ok"] is False and failing["returncode"] == 3 and "boom" in failing["error"]
     assert failing["seconds"] > 0
 
 
 def test_devices_from_the_environment(monkeypatch):
-    monkeypatch.setenv(bench.DEVICES_ENV, "cpu")
-    assert bench._devices() == ["cpu"]
-    monkeypatch.setenv(bench.DEVICES_ENV, "tpu")
-    with pytest.raises(UserError, match=bench.DEVICES_ENV):
-        bench._devices()
+    monkeypatch.setenv(suite.DEVICES_ENV, "cpu")
+    assert suite._devices() == ["cpu"]
+    monkeypatch.setenv(suite.DEVICES_ENV, "tpu")
+    with pytest.raises(UserError, match=suite.DEVICES_ENV):
+        suite._devices()
     if not torch.cuda.is_available():
-        monkeypatch.setenv(bench.DEVICES_ENV, "cuda")
+        monkeypatch.setenv(suite.DEVICES_ENV, "cuda")
         with pytest.raises(UserError, match="cuda"):
-            bench._devices()
+            suite._devices()
 
 
 @pytest.mark.e2e
 def test_workflow_overhead_records_errors_outside_a_workflow(tmp_path):
-    rows = bench_workflow.workflow_overhead(tmp_path)
+    rows = workflow.workflow_overhead(tmp_path)
     assert [r["command"] for r in rows] == ["snakemake --cores all -n", "snakemake --cores all", "dvc status"]
     assert rows[0]["ok"] is False and rows[0]["error"]          # no Snakefile here
     assert rows[1]["ok"] is False and "not run" in rows[1]["error"]

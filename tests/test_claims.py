@@ -1,4 +1,4 @@
-"""The claims step: verdicts from interval tests (softmoe.inference, softmoe.verdicts). Every
+"""The claims step: verdicts from interval tests (softmoe.statistics.inference, softmoe.statistics.verdicts). Every
 judged claim is SUPPORTED on good tables, CONTRADICTED where a table contradicts it beyond its
 interval, INCONCLUSIVE (never CONTRADICTED) on a tie, NOT RUN without its data or on stale
 evidence (with why), and metrics/claims.json carries the tests, alpha, correction, margins,
@@ -12,8 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from softmoe import claims, deps, discrepancies, inference, paper, stats, tables
-from softmoe.errors import UserError
+from softmoe.audit import claims
+from softmoe.provenance import deps
+from softmoe.statistics import discrepancies, inference
+from softmoe.study import paper, stats
+from softmoe.workflow import tables
+from softmoe.base.errors import UserError
 from softmoe.experiments import e1_theorem as e1, e2_oracle as e2, e3_selection as e3, e4_latency as e4, training, unit
 from test_figures import (latency_rows, random_acc, sample_study, selection_rows, synthetic_loss_rows,
                           training_rows, write_sample_tables)
@@ -63,8 +67,8 @@ def _by_key(found) -> dict:
 
 
 def fresh_code() -> dict:
-    """A code digest that matches today's files (softmoe.bench.code_digest's form)."""
-    return deps.code_digests(["src/softmoe/timing.py", "src/softmoe/layer.py"])
+    """A code digest that matches today's files (softmoe.bench.suite.code_digest's form)."""
+    return deps.code_digests(["src/softmoe/bench/timing.py", "src/softmoe/model/layer.py"])
 
 
 def gpu_file(ratios: dict[int, dict[int, float]] | None = None, code: dict | None = None) -> dict:
@@ -312,7 +316,7 @@ def test_gpu_claim_reads_the_wide_keep_path_on_cuda_only():
     assert missing.verdict == NOT_RUN and "not measured on GPU" in missing.why
 
 
-@pytest.mark.parametrize("code", [{"src/softmoe/timing.py": "0" * 64}, {"layer.py": "86905f4d078db5f4"}, {}])
+@pytest.mark.parametrize("code", [{"src/softmoe/bench/timing.py": "0" * 64}, {"layer.py": "86905f4d078db5f4"}, {}])
 def test_a_stale_gpu_file_is_not_run(code):
     """Measured on other code (today's timing.py differs; the old 16-hex form; no digest): NOT RUN."""
     claim = e4.claim_time_gpu(gpu_file(code=code))
@@ -449,7 +453,7 @@ def test_write_claims_reads_the_gpu_file_and_sets_stale_evidence_aside(tmp_path)
     gpu.write_text(json.dumps(gpu_file()))
     _write_claims(folder, gpu, tmp_path / "c.json", tmp_path / "d.csv")
     assert _strict_json(tmp_path / "c.json")["claims"]["c2_gpu"]["verdict"] == SUPPORTED
-    gpu.write_text(json.dumps(gpu_file(code={"src/softmoe/timing.py": "0" * 64})))
+    gpu.write_text(json.dumps(gpu_file(code={"src/softmoe/bench/timing.py": "0" * 64})))
     _write_claims(folder, gpu, tmp_path / "c.json", tmp_path / "d.csv")
     stale = _strict_json(tmp_path / "c.json")["claims"]["c2_gpu"]
     assert stale["verdict"] == NOT_RUN and "stale: measured at abc1234" in stale["why"]

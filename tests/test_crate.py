@@ -1,4 +1,4 @@
-"""The run's Workflow Run RO-Crate (softmoe.crate): contents, sha256, bad input, and roc-validator's
+"""The run's Workflow Run RO-Crate (softmoe.provenance.crate): contents, sha256, bad input, and roc-validator's
 workflow-run-crate profile, offline."""
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import socket
 import pytest
 import yaml
 
-from softmoe import cli, crate
-from softmoe.errors import UserError
+from softmoe import cli
+from softmoe.provenance import crate
+from softmoe.base.errors import UserError
 from workflow_helpers import ROOT, make_project, tiny_params
 
 OUTPUTS = {"results/tables/mnist5k/selection.csv": b"n,k,acc\n2,1,0.5\n",
@@ -100,7 +101,7 @@ def test_cli_crate_is_a_valid_workflow_run_crate_offline(tmp_path, monkeypatch, 
     assert rc == 0, capsys.readouterr().err
     assert "valid as workflow-run-crate (offline)" in capsys.readouterr().out
     g = graph(project / "ro-crate-metadata.json")
-    assert {"@id": "src/softmoe/provenance.py"} in g["Snakefile"]["hasPart"]   # the package code, as the report lists it
+    assert {"@id": "src/softmoe/provenance/record.py"} in g["Snakefile"]["hasPart"]   # the package code, as the report lists it
     # The check can fail: a crate without its run (the CreateAction) is no Workflow Run Crate.
     doc = json.loads((project / "ro-crate-metadata.json").read_text())
     doc["@graph"] = [e for e in doc["@graph"] if e["@id"] != "#run"]

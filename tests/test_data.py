@@ -22,10 +22,10 @@ import pytest
 import torch
 import yaml
 
-from softmoe import data, datamodule
-from softmoe.errors import UserError
-from softmoe.params import Study
-from softmoe.vision import import_torchvision
+from softmoe.data import datamodule, datasets
+from softmoe.base.errors import UserError
+from softmoe.study.params import Study
+from softmoe.base.vision import import_torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 TV = import_torchvision()
@@ -38,7 +38,7 @@ def params() -> dict:
 
 def _inputs(images: torch.Tensor, params: dict) -> torch.Tensor:
     study = Study.of(params)
-    return data.model_inputs(images, study.train, study.model)
+    return datasets.model_inputs(images, study.train, study.model)
 
 
 def _datamodule(params: dict, data_dir: Path, seed: int = 0) -> datamodule.ImageDataModule:
@@ -54,9 +54,9 @@ def _sha(path: Path) -> str:
 # ---- mnist5k: the seeded stratified split ---------------------------------------------------
 def test_stratified_split_is_deterministic_disjoint_and_stratified():
     labels = np.repeat(np.arange(10), [500, 480, 520, 500, 500, 500, 500, 490, 510, 500])
-    train, test = data.stratified_split(labels, 4000, 1000, seed=0)
-    again = data.stratified_split(labels, 4000, 1000, seed=0)
-    other = data.stratified_split(labels, 4000, 1000, seed=1)
+    train, test = datasets.stratified_split(labels, 4000, 1000, seed=0)
+    again = datasets.stratified_split(labels, 4000, 1000, seed=0)
+    other = datasets.stratified_split(labels, 4000, 1000, seed=1)
     assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
     assert not np.array_equal(test, other[1])
     assert len(train) == 4000 and len(test) == 1000 and not set(train) & set(test)
@@ -66,7 +66,7 @@ def test_stratified_split_is_deterministic_disjoint_and_stratified():
 
 def test_stratified_split_refuses_more_than_exists():
     with pytest.raises(UserError, match="train_size"):
-        data.stratified_split(np.zeros(10, dtype=int), 8, 3, seed=0)
+        datasets.stratified_split(np.zeros(10, dtype=int), 8, 3, seed=0)
 
 
 def test_prepare_mnist5k_is_deterministic_and_balanced(mnist5k, params, tmp_path):
@@ -77,16 +77,16 @@ def test_prepare_mnist5k_is_deterministic_and_balanced(mnist5k, params, tmp_path
     assert manifest["params"] == params["datasets"]["mnist5k"]
     for name, digest in manifest["files"].items():
         assert _sha(mnist5k / name) == digest
-    data.prepare(Study.of(params).datasets, "mnist5k", tmp_path)       # same params -> the same bytes
+    datasets.prepare(Study.of(params).datasets, "mnist5k", tmp_path)       # same params -> the same bytes
     assert json.loads((tmp_path / "manifest.json").read_text())["files"] == manifest["files"]
-    images, labels = data.load_split(mnist5k, "train", Study.of(params).dataset_entry)
+    images, labels = datasets.load_split(mnist5k, "train", Study.of(params).dataset_entry)
     assert images.dtype == torch.uint8 and images.shape == (4000, 1, 28, 28)
     assert labels.dtype == torch.int64 and 30 < images.float().mean() < 50   # real MNIST ink
 
 
 def test_train_and_test_images_are_distinct(mnist5k):
-    train, _ = data.load_split(mnist5k, "train")
-    test, _ = data.load_split(mnist5k, "test")
+    train, _ = datasets.load_split(mnist5k, "train")
+    test, _ = datasets.load_split(mnist5k, "test")
     keys = {bytes(x.numpy()) for x in train}
     assert len(keys) == 4000 and not any(bytes(x.numpy()) in keys for x in test)
 
@@ -105,17 +105,17 @@ def test_corrupted_byte_is_refused(mnist5k, tmp_path):
     raw[-100] ^= 0xFF
     (folder / "test.safetensors").write_bytes(bytes(raw))
     with pytest.raises(UserError, match=r"test\.safetensors: sha256 differs.*softmoe prepare"):
-        data.load_split(folder, "test")
-    data.load_split(folder, "train")                         # the intact file still loads
+        datasets.load_split(folder, "test")
+    datasets.load_split(folder, "train")                         # the intact file still loads
 
 
 def test_missing_and_unreadable_manifest_are_refused(mnist5k, tmp_path):
     with pytest.raises(UserError, match=r"manifest\.json: not found.*softmoe prepare"):
-        data.load_split(tmp_path, "train")
+        datasets.load_split(tmp_path, "train")
     folder = _copy_prepared(mnist5k, tmp_path / "d")
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="corrupted manifest"):
-        data.load_split(folder, "train")
+        datasets.load_split(folder, "train")
 
 
 def test_manifest_that_lies_about_sizes_is_refused(mnist5k, tmp_path):
@@ -124,16 +124,16 @@ def test_manifest_that_lies_about_sizes_is_refused(mnist5k, tmp_path):
     manifest["splits"]["train"]["size"] = 3999
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="4000 images and 4000 labels, manifest says 3999"):
-        data.load_split(folder, "train")
+        datasets.load_split(folder, "train")
 
 
 def test_stale_data_is_refused(mnist5k, params):
     params["datasets"]["mnist5k"]["split_seed"] = 1
     with pytest.raises(UserError, match=r"stale data.*softmoe prepare"):
-        data.load_split(mnist5k, "train", Study.of(params).dataset_entry)
+        datasets.load_split(mnist5k, "train", Study.of(params).dataset_entry)
     params["dataset"] = "mnist"
     with pytest.raises(UserError, match="prepared for dataset 'mnist5k'"):
-        data.read_manifest(mnist5k, Study.of(params).dataset_entry)
+        datasets.read_manifest(mnist5k, Study.of(params).dataset_entry)
 
 
 # ---- torchvision sources, offline ----------------------------------------------------------
@@ -191,9 +191,9 @@ def _torchvision_datasets(params: dict, dataset: str, root: Path, download: bool
 def test_mnist_like_loader_reads_idx_files(params, tmp_path, dataset, folder):
     written = _write_mnist_like(tmp_path / "raw", folder, np.random.default_rng(0))
     out = tmp_path / "prepared"
-    data.prepare(_torchvision_datasets(params, dataset, tmp_path / "raw"), dataset, out)
+    datasets.prepare(_torchvision_datasets(params, dataset, tmp_path / "raw"), dataset, out)
     for split, (images, labels) in written.items():
-        got_images, got_labels = data.load_split(out, split)
+        got_images, got_labels = datasets.load_split(out, split)
         assert torch.equal(got_images, torch.from_numpy(images.astype(np.uint8)).unsqueeze(1))
         assert torch.equal(got_labels, torch.from_numpy(labels.astype(np.int64)))
     manifest = json.loads((out / "manifest.json").read_text())
@@ -204,9 +204,9 @@ def test_mnist_like_loader_reads_idx_files(params, tmp_path, dataset, folder):
 def test_cifar_loader_reads_pickled_batches(params, tmp_path, monkeypatch, dataset):
     written = _write_cifar_like(tmp_path / "raw", dataset, np.random.default_rng(1), monkeypatch)
     out = tmp_path / "prepared"
-    data.prepare(_torchvision_datasets(params, dataset, tmp_path / "raw"), dataset, out)
+    datasets.prepare(_torchvision_datasets(params, dataset, tmp_path / "raw"), dataset, out)
     for split, (images, labels) in written.items():
-        got_images, got_labels = data.load_split(out, split)
+        got_images, got_labels = datasets.load_split(out, split)
         assert torch.equal(got_images, torch.from_numpy(images))       # (N, 3, 32, 32), RGB planes
         assert torch.equal(got_labels, torch.from_numpy(labels.astype(np.int64)))
     manifest = json.loads((out / "manifest.json").read_text())
@@ -218,7 +218,7 @@ def test_cifar_loader_reads_pickled_batches(params, tmp_path, monkeypatch, datas
 def test_offline_without_local_copy_is_one_clear_error(params, tmp_path, dataset):
     root = tmp_path / "nothing-here"
     with pytest.raises(UserError) as err:
-        data.prepare(_torchvision_datasets(params, dataset, root), dataset, tmp_path / "out")
+        datasets.prepare(_torchvision_datasets(params, dataset, root), dataset, tmp_path / "out")
     message = str(err.value)
     assert f"dataset {dataset!r}" in message and str(root) in message
     assert "put the files there" in message and "mnist5k" in message
@@ -231,7 +231,7 @@ def test_failed_download_names_the_download(params, tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     root = tmp_path / "mnist"
     with pytest.raises(UserError, match=r"download failed and no usable copy in .*mnist.*mnist5k"):
-        data.prepare(_torchvision_datasets(params, "mnist", root, download=True), "mnist", tmp_path / "o")
+        datasets.prepare(_torchvision_datasets(params, "mnist", root, download=True), "mnist", tmp_path / "o")
 
 
 # ---- imagenet: ImageFolder, manifest only --------------------------------------------------
@@ -259,7 +259,7 @@ def test_imagefolder_manifest_lists_files_and_datamodule_reads_them(params, tmp_
     _png_tree(root, np.random.default_rng(2))
     p = _imagenet_params(params, root)
     out = tmp_path / "prepared"
-    data.prepare(Study.of(p).datasets, "imagenet", out)
+    datasets.prepare(Study.of(p).datasets, "imagenet", out)
     assert sorted(f.name for f in out.iterdir()) == ["manifest.json"]       # nothing copied
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"]["val/dog/1.png"] == {
@@ -273,7 +273,7 @@ def test_imagefolder_manifest_lists_files_and_datamodule_reads_them(params, tmp_
     assert labels.tolist() == [0, 0, 1, 1]
     assert _inputs(images, p).shape == (4, 3, 16, 16)
     with pytest.raises(UserError, match="not held in memory"):
-        data.load_split(out, "train")
+        datasets.load_split(out, "train")
     p["train"]["augment"] = "timm"
     with pytest.raises(UserError, match="train.augment.*held in memory.*augment: none"):
         _datamodule(p, out).setup()
@@ -283,7 +283,7 @@ def test_imagefolder_changes_after_prepare_are_refused(params, tmp_path):
     root = tmp_path / "imagenet"
     _png_tree(root, np.random.default_rng(3))
     p = _imagenet_params(params, root)
-    data.prepare(Study.of(p).datasets, "imagenet", tmp_path / "prepared")
+    datasets.prepare(Study.of(p).datasets, "imagenet", tmp_path / "prepared")
     with open(root / "train/cat/0.png", "ab") as f:
         f.write(b"extra")
     with pytest.raises(UserError, match=r"0\.png: not as listed in the manifest"):
@@ -296,7 +296,7 @@ def test_imagefolder_changes_after_prepare_are_refused(params, tmp_path):
 def test_imagefolder_missing_is_one_clear_error(params, tmp_path):
     with pytest.raises(UserError, match=r"imagenet.*no ImageFolder tree.*mnist5k"):
         study = Study.of(_imagenet_params(params, tmp_path / "none"))
-        data.prepare(study.datasets, "imagenet", tmp_path / "o")
+        datasets.prepare(study.datasets, "imagenet", tmp_path / "o")
 
 
 # ---- model inputs, sampling, synthetic batches ---------------------------------------------
@@ -357,11 +357,11 @@ def test_shuffling_is_seeded_per_epoch_and_global_batch_is_split_across_ranks(mn
 
 
 def test_synthetic_batch_distribution_and_labels():
-    x, y = data.synthetic_batch(torch.Generator().manual_seed(0), 50_000, 5.0)
+    x, y = datasets.synthetic_batch(torch.Generator().manual_seed(0), 50_000, 5.0)
     assert x.shape == (50_000, 10) and y.shape == (50_000,)
     assert torch.allclose(y, x.norm(dim=1))
     assert abs(x.var().item() - 5.0) < 0.1 and abs(x.mean().item()) < 0.02
-    x2, _ = data.synthetic_batch(torch.Generator().manual_seed(0), 50_000, 5.0)
+    x2, _ = datasets.synthetic_batch(torch.Generator().manual_seed(0), 50_000, 5.0)
     assert torch.equal(x, x2)
 
 
@@ -369,4 +369,4 @@ def test_unknown_dataset_entry_is_refused(params, tmp_path):
     params = copy.deepcopy(params)
     del params["datasets"]["cifar100"]
     with pytest.raises(UserError, match="datasets.cifar100"):
-        data.prepare(Study.of(params).datasets, "cifar100", tmp_path)
+        datasets.prepare(Study.of(params).datasets, "cifar100", tmp_path)

@@ -19,8 +19,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from softmoe import data, train
-from softmoe.params import Study
+from softmoe.data import datasets
+from softmoe.steps import train
+from softmoe.study.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFTMOE = Path(sys.executable).with_name("softmoe")
@@ -31,7 +32,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update(max_steps=24, batch_size=256, accelerator="cpu")
     prepared = tmp_path / "mnist5k"
-    data.prepare(Study.of(params).datasets, "mnist5k", prepared)
+    datasets.prepare(Study.of(params).datasets, "mnist5k", prepared)
     ddp = {**params, "train": {**params["train"], "devices": 2, "strategy": "ddp"}}
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(ddp))
     command = [str(SOFTMOE if SOFTMOE.exists() else shutil.which("softmoe")), "train",

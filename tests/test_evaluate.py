@@ -13,11 +13,14 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from softmoe import evaluate, stats, summary, tables
-from softmoe.errors import UserError
-from softmoe.models import MnistSoftMoE
-from softmoe.params import Evaluate, Study
-from softmoe.selection import random_experts, select_experts
+from softmoe.audit import summary
+from softmoe.steps import evaluate
+from softmoe.study import stats
+from softmoe.workflow import tables
+from softmoe.base.errors import UserError
+from softmoe.model.models import MnistSoftMoE
+from softmoe.study.params import Evaluate, Study
+from softmoe.model.selection import random_experts, select_experts
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_N, TOY_STEPS = 8, 300
@@ -200,12 +203,12 @@ def test_oracle_skipped_over_limit(toy):
 @pytest.fixture(scope="module")
 def study(toy, tmp_path_factory):
     """A prepared mnist5k folder, the toy saved as run n8-s0 and a params dict for them."""
-    from softmoe import data
+    from softmoe.data import datasets
 
     root = tmp_path_factory.mktemp("study")
     params = base_params()
     params["experts"] = [TOY_N]
-    data.prepare(Study.of(params).datasets, "mnist5k", root / "data")
+    datasets.prepare(Study.of(params).datasets, "mnist5k", root / "data")
     run = root / "run"
     run.mkdir()
     model = toy[0]

@@ -11,13 +11,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-from softmoe import deps, experiments, stages, tables
+from softmoe import experiments
+from softmoe.provenance import deps
+from softmoe.workflow import stages, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TOY = '''
 """A toy experiment: one value per run of the grid."""
-from softmoe import layout, plots
+from softmoe.experiments import plots
+from softmoe.study import layout
 from softmoe.experiments.unit import Experiment, Figure, Table, schema
 
 TOY = schema("dataset n seed value", "n seed value", "dataset n seed value")
@@ -44,8 +47,10 @@ SCRIPT = '''
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from softmoe import experiments, figures, report, tables
-from softmoe.params import Study
+from softmoe import experiments
+from softmoe.report import build, figures
+from softmoe.workflow import tables
+from softmoe.study.params import Study
 from test_figures import sample_params
 from test_report import _bench_dir, _claims, _hashed, _params_file, write_sample_tables
 
@@ -63,7 +68,7 @@ figs = root / "reports" / "figures"
 figures.make_figures(study, folder, figs)
 claims_json = _claims(params, folder, root)
 html, md = root / "reports" / "report.html", root / "reports" / "report.md"
-report.build_report(study, _params_file(root, params), folder, figs, claims_json, _bench_dir(root),
+build.build_report(study, _params_file(root, params), folder, figs, claims_json, _bench_dir(root),
                     _hashed(root), html, md)
 print("toy ok")
 '''
@@ -89,7 +94,7 @@ def test_a_toy_experiment_module_reaches_tables_figures_report_and_dvc_yaml(tmp_
     dvc.write_text((ROOT / "dvc.yaml").read_text())
     check = textwrap.dedent(f"""
         from pathlib import Path
-        from softmoe import stages
+        from softmoe.workflow import stages
         problems = stages.table_problems(Path({str(dvc)!r}))
         assert any("toy" in p for p in problems), problems
         stages.write_dvc(Path({str(dvc)!r}))

@@ -1,7 +1,7 @@
 """Figures from the tidy tables: every file written (PNG and SVG), placeholders for tables
 that were not run, the paper's points overlaid, and the paper's reference data.
 
-`write_sample_tables` builds results/tables/<dataset>/ with the columns of softmoe.tables
+`write_sample_tables` builds results/tables/<dataset>/ with the columns of softmoe.workflow.tables
 (docs/architecture.md) and realistic values; tests/test_report.py, test_claims.py and
 test_tables.py use it too."""
 from __future__ import annotations
@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 
-from softmoe import figures, paper, stats, tables
-from softmoe import params as params_mod
-from softmoe.errors import UserError
+from softmoe.report import figures
+from softmoe.study import paper, stats
+from softmoe.workflow import tables
+from softmoe.study import params as params_mod
+from softmoe.base.errors import UserError
 from softmoe import experiments
 from softmoe.experiments import e1_theorem as e1, e3_selection as e3
 
@@ -213,7 +215,7 @@ def test_every_table_has_a_sample():
 
 
 def write_sample_tables(folder: Path, skip: tuple[str, ...] = (), **frames) -> Path:
-    """Write every table of softmoe.tables (as `to_csv` writes it, so that malformed frames
+    """Write every table of softmoe.workflow.tables (as `to_csv` writes it, so that malformed frames
     stay malformed) unless skipped or replaced, and hardware.json unless skipped."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, make in SAMPLES.items():

@@ -1,10 +1,10 @@
-"""Portable determinism (softmoe.numerics, softmoe.fingerprint): the pins a compute step sets, and
+"""Portable determinism (softmoe.base.numerics, softmoe.audit.fingerprint): the pins a compute step sets, and
 a fresh short training and evaluation against the committed fingerprint, tests/fingerprint.json.
 
 On the CPU model, code paths and torch it was recorded with, the bytes must be identical. On
 another CPU model the comparison is the evidence: identical bytes, or a warning naming both CPUs
 and the accuracies within fingerprint.TOLERANCE. Re-record after a deliberate change:
-`python -m softmoe.fingerprint --out tests/fingerprint.json` (README, "Reproducibility")."""
+`python -m softmoe.audit.fingerprint --out tests/fingerprint.json` (README, "Reproducibility")."""
 from __future__ import annotations
 
 import copy
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from softmoe import fingerprint, numerics
-from softmoe.params import load
+from softmoe.audit import fingerprint
+from softmoe.base import numerics
+from softmoe.study.params import load
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ROOT / "tests" / "fingerprint.json"
@@ -122,7 +123,7 @@ def test_a_fresh_run_matches_the_committed_fingerprint(mnist5k, tmp_path):
     params = load(ROOT / "params.yaml")
     assert recorded["recipe"]["params_sha256"] == fingerprint.digest(fingerprint.recipe(params)), (
         "params.yaml changed what the fingerprint trains (dataset entry, model, train or evaluate); re-record: "
-        "python -m softmoe.fingerprint --out tests/fingerprint.json")
+        "python -m softmoe.audit.fingerprint --out tests/fingerprint.json")
     fresh = fingerprint.run(params, tmp_path, data_dir=mnist5k)
     result = fingerprint.compare(recorded, fresh)
     if not result.same_machine:           # the evidence across CPU models, shown in pytest's summary

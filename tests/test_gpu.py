@@ -12,11 +12,13 @@ import yaml
 from test_layer import make, reference
 from test_train import _Diverging, _train
 
-from softmoe import modelfile, evaluate, latency, timing, train
-from softmoe.errors import UserError
-from softmoe.layer import SoftMoE
-from softmoe.params import Latency, Study, Wide
-from softmoe.selection import random_experts, select_experts
+from softmoe.bench import timing
+from softmoe.model import modelfile
+from softmoe.steps import evaluate, latency, train
+from softmoe.base.errors import UserError
+from softmoe.model.layer import SoftMoE
+from softmoe.study.params import Latency, Study, Wide
+from softmoe.model.selection import random_experts, select_experts
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -39,7 +41,7 @@ def params() -> dict:
 @pytest.mark.parametrize("tokens_form", [False, True])
 @pytest.mark.parametrize("mode", ["all", "keep", "keep-renormalized"])
 def test_layer_on_cuda_matches_the_float64_loop(monkeypatch, tokens_form, mode):
-    from softmoe.layer import SoftMoE
+    from softmoe.model.layer import SoftMoE
     monkeypatch.setattr(SoftMoE, "token_side", lambda self, m: tokens_form)
     layer = make(n=6, p=2, dim=16, hidden=24, bias=True, activation="gelu")
     x = torch.randn(5, 9, 16, dtype=torch.float64)

@@ -13,10 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from softmoe import data, hypotheses, hypothesis_run, layout, params, tables
-from softmoe.datamodule import ImageDataModule
-from softmoe.errors import UserError
-from softmoe.params import ParamsError, Study
+from softmoe.audit import hypotheses
+from softmoe.data import datasets
+from softmoe.steps import hypothesis
+from softmoe.study import layout, params
+from softmoe.workflow import tables
+from softmoe.data.datamodule import ImageDataModule
+from softmoe.base.errors import UserError
+from softmoe.study.params import ParamsError, Study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,22 +86,22 @@ def test_a_hypothesis_name_must_be_a_folder_name(raw):
 
 # ---- nested subsets ---------------------------------------------------------------------------------
 def test_training_subsets_are_nested_prefixes_of_one_fixed_permutation():
-    small, large, whole = (data.train_order(4000, 0, n) for n in (1000, 2000, None))
+    small, large, whole = (datasets.train_order(4000, 0, n) for n in (1000, 2000, None))
     assert len(small) == 1000 and len(large) == 2000 and sorted(whole) == list(range(4000))
     assert np.array_equal(large[:1000], small) and np.array_equal(whole[:2000], large)
-    assert np.array_equal(data.train_order(4000, 0, 1000), small)          # fixed, not drawn per run
-    assert not np.array_equal(data.train_order(4000, 1, 1000), small)
+    assert np.array_equal(datasets.train_order(4000, 0, 1000), small)          # fixed, not drawn per run
+    assert not np.array_equal(datasets.train_order(4000, 1, 1000), small)
     with pytest.raises(UserError, match="train_subset"):
-        data.train_order(4000, 0, 4001)
+        datasets.train_order(4000, 0, 4001)
 
 
 def test_the_datamodule_trains_on_the_subset_in_its_fixed_order(raw, mnist5k):
     study = Study.of(raw)
-    images, labels = data.load_split(mnist5k, "train", study.dataset_entry)
+    images, labels = datasets.load_split(mnist5k, "train", study.dataset_entry)
     module = ImageDataModule(study.train, study.model, study.dataset_entry, mnist5k, seed=3,
                              order={"order_seed": 0, "train_subset": 1000})
     module.setup()
-    idx = data.train_order(len(labels), 0, 1000)
+    idx = datasets.train_order(len(labels), 0, 1000)
     assert len(module.train_set) == 1000
     assert torch_equal(module.train_set.images, images[idx]) and torch_equal(module.train_set.labels, labels[idx])
     assert len(set(labels[idx].tolist())) == 10                     # mnist5k's split is sorted by class
@@ -123,7 +127,7 @@ def tiny_study(raw: dict) -> Study:
 def test_a_run_trains_with_the_overrides_and_is_evaluated_like_the_grid(raw, mnist5k, tmp_path):
     study = tiny_study(raw)
     out = tmp_path / "tiny" / "n2-s0"
-    hypothesis_run.run(study, "tiny", mnist5k, 2, 0, out)
+    hypothesis.run(study, "tiny", mnist5k, 2, 0, out)
     rows = pd.read_csv(out / "selection.csv")
     tables.check(out / "selection.csv", "hypotheses", rows)
     assert set(rows["name"]) == {"tiny"} and {"all", "alg1", "random"} <= set(rows["method"])
@@ -132,9 +136,9 @@ def test_a_run_trains_with_the_overrides_and_is_evaluated_like_the_grid(raw, mni
     run = json.loads((out / "metrics.json").read_text())
     assert run["steps"] == 6 and run["n"] == 2
     with pytest.raises(UserError, match="not a run of hypothesis tiny"):
-        hypothesis_run.run(study, "tiny", mnist5k, 4, 0, tmp_path / "other")
+        hypothesis.run(study, "tiny", mnist5k, 4, 0, tmp_path / "other")
     with pytest.raises(UserError, match="no such entry"):
-        hypothesis_run.run(study, "absent", mnist5k, 2, 0, tmp_path / "other")
+        hypothesis.run(study, "absent", mnist5k, 2, 0, tmp_path / "other")
 
 
 # ---- the comparison, on constructed tables -------------------------------------------------------------
@@ -176,7 +180,7 @@ def test_the_effect_is_the_paired_mean_with_an_interval_and_the_share_of_the_gap
     effect = entry["effect"]
     assert effect["estimate"] == pytest.approx(0.04)
     assert effect["lo"] < 0.04 < effect["hi"] and effect["hi"] - effect["lo"] < 0.2
-    # paper, random k = n/4: .666 at n = 32, .704 at n = 64 (softmoe.paper)
+    # paper, random k = n/4: .666 at n = 32, .704 at n = 64 (softmoe.study.paper)
     gap = np.mean([.666 - .80, .666 - .82, .704 - .84, .704 - .86])
     assert entry["paper"] == pytest.approx((.666 + .704) / 2)
     assert entry["discrepancy"]["estimate"] == pytest.approx(gap)

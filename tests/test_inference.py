@@ -1,4 +1,4 @@
-"""The interval tests behind the verdicts (softmoe.inference), checked on simulated tables with a
+"""The interval tests behind the verdicts (softmoe.statistics.inference), checked on simulated tables with a
 known truth: under a tie at the margin SUPPORTED and CONTRADICTED each occur at most α of the time,
 a true effect beyond the margin is SUPPORTED with the power measured here, a true negative is
 CONTRADICTED; plus the verdict logic and the order-statistic interval of a median.
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from softmoe import inference
-from softmoe.inference import CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, Estimate, Test
+from softmoe.statistics import inference
+from softmoe.statistics.inference import CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, Estimate, Test
 
 SEEDS, IMAGES, RANDOM_SUBSETS = 3, 1000, 10
 ALPHA = inference.ALPHA
@@ -115,7 +115,7 @@ def test_a_tie_gives_supported_and_contradicted_at_most_alpha():
 def test_single_interval_covers_at_the_nominal_level():
     """m = 1: the 95 % interval covers the true difference at least 95 % of the time, for a tie and
     for a true effect (measured ≈ 0.997: the variance bound s²/S + v/N counts the seeds' image
-    noise twice, see softmoe.inference)."""
+    noise twice, see softmoe.statistics.inference)."""
     for shift, (diffs, sds) in ((0.0, pool(0.0, 6000, 1)), (0.8, pool(0.8, 3600, 3))):
         truth = true_effect(shift)
         lo, hi = inference.bounds(inference.paired_mean(diffs[:, 0], sds[:, 0], IMAGES), 1)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from test_layer import assert_dropped_not_executed, make, reference
 
-from softmoe.layer import SoftMoE
-from softmoe.selection import random_experts, select_experts
+from softmoe.model.layer import SoftMoE
+from softmoe.model.selection import random_experts, select_experts
 
 
 def force(monkeypatch, backend: str) -> None:

@@ -8,10 +8,12 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from softmoe import latency, tables, timing
-from softmoe.layer import SoftMoE
-from softmoe.models import MnistSoftMoE
-from softmoe.params import Latency, Model, Wide
+from softmoe.bench import timing
+from softmoe.steps import latency
+from softmoe.workflow import tables
+from softmoe.model.layer import SoftMoE
+from softmoe.model.models import MnistSoftMoE
+from softmoe.study.params import Latency, Model, Wide
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDE = Wide.of({"experts": 4, "hidden_per_expert": 256, "dim": 16, "tokens": 5, "layers": 2, "width": 0.5})
@@ -139,7 +141,7 @@ def test_time_config_rows_per_precision():
 
 
 def test_measure_refuses_a_missing_run(tmp_path):
-    from softmoe.errors import UserError
+    from softmoe.base.errors import UserError
 
     with pytest.raises(UserError, match="model.safetensors"):
         latency.measure(SMALL, MODEL, [tmp_path / "nope"], tmp_path / "l.csv", tmp_path / "h.json",

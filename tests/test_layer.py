@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from softmoe.layer import SoftMoE, reference_forward
-from softmoe.selection import random_experts, select_experts
+from softmoe.model.layer import SoftMoE, reference_forward
+from softmoe.model.selection import random_experts, select_experts
 
 ACT = {"relu": torch.relu, "gelu": torch.nn.functional.gelu}
 

@@ -6,14 +6,14 @@ import sys
 import pytest
 import torch
 
-from softmoe import modelfile
-from softmoe.errors import UserError
-from softmoe.models import MnistSoftMoE
+from softmoe.model import modelfile
+from softmoe.base.errors import UserError
+from softmoe.model.models import MnistSoftMoE
 
 WRITE = """
 import sys, torch
-from softmoe import modelfile
-from softmoe.models import MnistSoftMoE
+from softmoe.model import modelfile
+from softmoe.model.models import MnistSoftMoE
 torch.manual_seed(0)
 modelfile.save(sys.argv[1], MnistSoftMoE(4), {"dataset": "mnist5k", "n": 4, "seed": 0, "kind": "mnist",
                                              "num_classes": 10, "img_size": 28, "in_chans": 1})

@@ -6,13 +6,13 @@ import sys
 import pytest
 import torch
 
-from softmoe.errors import UserError
-from softmoe.layer import SoftMoE
-from softmoe.modelfile import build_model
-from softmoe.models import (MnistSoftMoE, NormRegressor, SoftMoEViT, count_parameters,
+from softmoe.base.errors import UserError
+from softmoe.model.layer import SoftMoE
+from softmoe.model.modelfile import build_model
+from softmoe.model.models import (MnistSoftMoE, NormRegressor, SoftMoEViT, count_parameters,
                             expert_hidden)
-from softmoe.params import Model
-from softmoe.selection import random_experts, select_experts
+from softmoe.study.params import Model
+from softmoe.model.selection import random_experts, select_experts
 
 MNIST_GRID = [2, 4, 8, 16, 32, 64, 128, 256, 512]
 
@@ -205,7 +205,7 @@ def test_import_torchvision_in_a_fresh_process():
     """torchvision and timm import (with the stand-ins when torchvision's C ops cannot load)."""
     code = (
         "import sys\n"
-        "from softmoe.vision import import_torchvision, _extension_loads\n"
+        "from softmoe.base.vision import import_torchvision, _extension_loads\n"
         "tv = import_torchvision()\n"
         "assert import_torchvision() is tv\n"
         "import timm, torchvision.transforms as T, torchvision.datasets\n"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from workflow_helpers import make_project, snakemake, snakemake_jobs
 
-from softmoe import params as P
+from softmoe.study import params as P
 from softmoe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

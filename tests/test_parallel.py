@@ -49,7 +49,8 @@ def grid(tmp_path_factory) -> list[dict]:
         job["step"] = job["argv"][job["argv"].index("softmoe") + 1]
     # prepare, train, evaluate, synthetic (4 runs x 2 seeds), proof, tabulate, calibrate, summarize,
     # latency, claims, figures, report, bench, hypothesis (its trained runs), hypotheses, crate
-    from softmoe import layout, params as P, stages
+    from softmoe.study import layout, params as P
+    from softmoe.workflow import stages
     runs = len(layout.hypothesis_runs(P.Study.of(params)))
     assert len(jobs) == 1 + 8 + 8 + 8 + 2 + len(stages.tabulated()) + 1 + 1 + 1 + 1 + 1 + 1 + 1 + runs + 1 + 1
     return jobs
@@ -189,7 +190,7 @@ def test_torch_steps_take_threads_and_rules_pass_snakemakes_threads(grid):
 
 # The CLI's thread setup, seen from inside each torch step (the step's work is stubbed out).
 _THREAD_PROBE = textwrap.dedent("""
-    import json, os, sys, types
+    import importlib, json, os, sys, types
     import softmoe
     from softmoe import cli
     N, cores, root = int(sys.argv[1]), os.cpu_count(), sys.argv[2]
@@ -202,7 +203,7 @@ _THREAD_PROBE = textwrap.dedent("""
                      "env": {k: os.environ.get(k) for k in cli.THREAD_ENV}}
             if first:
                 import threadpoolctl
-                from softmoe.vision import import_torchvision
+                from softmoe.base.vision import import_torchvision
                 import_torchvision()
                 from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
                 _set_num_threads_if_needed(num_processes=1)  # what Lightning's DDP launchers call
@@ -212,14 +213,15 @@ _THREAD_PROBE = textwrap.dedent("""
             seen[step] = state
         return work
 
-    stubs = {"train": ["train_run"], "synthetic": ["train_synthetic", "proof_check"],
-             "evaluate": ["evaluate_run"], "calibration": ["calibrate"], "hypothesis_run": ["run"],
-             "latency": ["measure"],
-             "bench": ["run"]}
+    stubs = {"steps.train": ["train_run"], "steps.synthetic": ["train_synthetic", "proof_check"],
+             "steps.evaluate": ["evaluate_run"], "steps.calibration": ["calibrate"], "steps.hypothesis": ["run"],
+             "steps.latency": ["measure"],
+             "bench.suite": ["run"]}
     for module, names in stubs.items():
         fake = types.ModuleType("softmoe." + module)
         sys.modules[fake.__name__] = fake
-        setattr(softmoe, module, fake)
+        room, _, leaf = module.partition(".")
+        setattr(importlib.import_module("softmoe." + room), leaf, fake)
     p = ["--params", root + "/params.yaml"]
     argv = {
         "train": ["train", *p, "--data", "d", "--experts", "2", "--seed", "0", "--out", "o"],
@@ -234,7 +236,8 @@ _THREAD_PROBE = textwrap.dedent("""
     }
     assert "torch" not in sys.modules and "numpy" not in sys.modules  # as in `softmoe <step>`
     for i, (step, args) in enumerate(argv.items()):
-        module = {"proof": "synthetic", "calibrate": "calibration", "hypothesis": "hypothesis_run"}.get(step, step)
+        module = {"proof": "steps.synthetic", "calibrate": "steps.calibration",
+                  "bench": "bench.suite"}.get(step, "steps." + step)
         name = {"proof": "proof_check", "synthetic": "train_synthetic"}.get(step, stubs[module][0])
         setattr(sys.modules["softmoe." + module], name, probe(step, first=i == 0))
         if i:                                        # undo the previous step's setup
@@ -292,14 +295,15 @@ def _set_writable(roots: tuple[Path, ...], writable: bool) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny trained run (n=4, seed 0: 20 steps on 600 images), its data and params file."""
-    from softmoe import data, train
-    from softmoe.params import Study
+    from softmoe.data import datasets
+    from softmoe.steps import train
+    from softmoe.study.params import Study
 
     root = tmp_path_factory.mktemp("shared")
     params = tiny_params()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     study = Study.of(params)
-    data.prepare(study.datasets, "mnist5k", root / "data")
+    datasets.prepare(study.datasets, "mnist5k", root / "data")
     train.train_run(study.train, study.model, study.dataset_entry, root / "data", 4, 0, root / "run")
     assert {p.name for p in (root / "run").iterdir()} >= {"model.safetensors", "checkpoints", "dvclive"}
     return root, study
@@ -308,7 +312,7 @@ def trained(tmp_path_factory):
 @pytest.mark.e2e
 @pytest.mark.filterwarnings("ignore:The `srun` command is available")  # Lightning, in `trained`
 def test_two_evaluations_of_one_read_only_checkpoint_run_at_once(trained, tmp_path):
-    from softmoe import evaluate
+    from softmoe.steps import evaluate
 
     root, study = trained
     data_dir, run_dir = root / "data", root / "run"

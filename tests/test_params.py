@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from softmoe import params as P
+from softmoe.study import params as P
 from softmoe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from softmoe import (claims, cli, discrepancies, experiments, paper, provenance, render, report, report_audit,
-                     report_summary, tables)
-from softmoe.errors import UserError
-from softmoe.params import Study
+from softmoe import cli, experiments
+from softmoe.audit import claims
+from softmoe.provenance import record
+from softmoe.report import audit, build, render, summary
+from softmoe.statistics import discrepancies
+from softmoe.study import paper
+from softmoe.workflow import tables
+from softmoe.base.errors import UserError
+from softmoe.study.params import Study
 from test_figures import (calibration_rows, draw as draw_figures, latency_rows, sample_params, selection_rows,
                           synthetic_loss_rows, training_rows, training_time_rows, write_sample_tables)
 
@@ -78,7 +83,7 @@ def _build(root: Path, params: dict | None = None, draw: bool = True, **table_kw
     if draw:
         draw_figures(Study.of(params), tables, figs)
     html, md = root / "reports" / "report.html", root / "reports" / "report.md"
-    report.build_report(Study.of(params), _params_file(root, params), tables, figs, claims_json, _bench_dir(root),
+    build.build_report(Study.of(params), _params_file(root, params), tables, figs, claims_json, _bench_dir(root),
                         _hashed(root), html, md)
     return html, md
 
@@ -137,7 +142,7 @@ def test_the_reproducibility_summary_opens_the_report(built):
     method = first.split("### Methodology")[1].split("### Results")[0]
     assert "n ∈ {2, 4, 8, 16, 32, 64}" in method and "1 training seed(s)" in method and "3,500 optimizer steps" in method
     assert "of 4,000 training images" in method and "on 1,000 test images" in method
-    assert f"153 s of job time in 4 jobs" in method and provenance.cpu_model() in method
+    assert f"153 s of job time in 4 jobs" in method and record.cpu_model() in method
     # communication: none, and what the authors' code shows
     talk = first.split("### Communication with the original authors")[1]
     assert talk.lstrip().startswith("None.") and "ep14" in talk and "no shuffling" in talk and "renormalizes" in talk
@@ -151,7 +156,7 @@ def test_the_verdict_box_one_line_per_claim_with_the_scale_caveat(built):
                 if v != "NOTE"]                           # NOTE: the observations, not verdicts
     assert sorted(key for _, key in verdicts) == sorted(obj["order"])
     assert {k: v for v, k in verdicts} == {k: c["verdict"] for k, c in obj["claims"].items()}
-    assert report_summary.counts_text(obj["counts"]) + " on mnist5k (1 training seed(s))" in box
+    assert summary.counts_text(obj["counts"]) + " on mnist5k (1 training seed(s))" in box
     caveat = ("Not the paper's scale: 4,000 training images instead of 60,000; 1,000 test images instead of 10,000; "
               "220 epochs instead of 15. Compare shapes and claims, not absolute numbers.")
     assert f"> ⚠ **{caveat}**" in box
@@ -203,7 +208,7 @@ def test_the_verdict_box_tells_the_papers_claims_from_ours(tmp_path):
     claims_json = _claims(params, tables, tmp_path)
     claims_json.write_text(json.dumps(_tested_claims(json.loads(claims_json.read_text()))))
     html, md = tmp_path / "r.html", tmp_path / "r.md"
-    report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "figs", claims_json,
+    build.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "figs", claims_json,
                         tmp_path / "none", [], html, md)
     box = md.read_text().split("### Results")[1].split("### What was easy")[0]
     assert "**2 SUPPORTED, 1 CONTRADICTED, 1 INCONCLUSIVE, 1 NOT RUN on mnist5k" in box
@@ -262,7 +267,7 @@ def test_hashes_describe_the_files_when_the_report_is_written(tmp_path):
     claims_json = _claims(params, tables, tmp_path)
     training_rows().assign(test_loss=1.0).to_csv(tables / "training.csv", index=False)
     md = tmp_path / "r.md"
-    report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "figs", claims_json,
+    build.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "figs", claims_json,
                         tmp_path / "none", [], tmp_path / "r.html", md)
     text = md.read_text()
     digest = hashlib.md5((tables / "training.csv").read_bytes()).hexdigest()
@@ -414,13 +419,13 @@ def test_oracle_and_calibration_comments_follow_the_numbers(tmp_path):
     cal.loc[low, "accuracy"] = 0.380                       # below its random k-subset (0.393)
     folder = write_sample_tables(tmp_path / "tables", selection=sel, calibration=cal)
     md = tmp_path / "r.md"
-    report.build_report(Study.of(params), _params_file(tmp_path, params), folder, tmp_path / "figs",
+    build.build_report(Study.of(params), _params_file(tmp_path, params), folder, tmp_path / "figs",
                         _claims(params, folder, tmp_path), tmp_path / "none", [], tmp_path / "r.html", md)
     text = md.read_text()
     assert "At n = 16: ours 497 distinct subsets on 1,000 test images against the paper's 112 on 10,000, i.e. " \
            "more distinct subsets on fewer images" in text
     rnd = cal[(cal["n"] == 64) & (cal["method"] == "random") & (cal["k"] == 16) & ~cal["renormalize"]]["accuracy"]
-    label = report_audit.alg1_claim(report.Context(Study.of(params), tmp_path / "params.yaml", folder, tmp_path,
+    label = audit.alg1_claim(build.Context(Study.of(params), tmp_path / "params.yaml", folder, tmp_path,
                                                     tmp_path / "metrics" / "claims.json"))
     assert label in ("(b)", "(b1)")
     assert f"At the paper's 15 epochs, claim {label} would not hold on this data (n = 64: Alg1 0.380 < random " \
@@ -429,7 +434,7 @@ def test_oracle_and_calibration_comments_follow_the_numbers(tmp_path):
 
 
 def test_hypotheses_tested_by_runs_are_read_from_their_json(tmp_path):
-    """metrics/hypotheses.json (softmoe.hypotheses) next to claims.json: the summary names each
+    """metrics/hypotheses.json (softmoe.audit.hypotheses) next to claims.json: the summary names each
     hypothesis with its effect and the share it explains, the discrepancy section tabulates them."""
     params = sample_params()
     folder = write_sample_tables(tmp_path / "tables")
@@ -443,7 +448,7 @@ def test_hypotheses_tested_by_runs_are_read_from_their_json(tmp_path):
         {"name": "renormalize", "description": "renormalized combine weights", "quantity": {"label": "Alg1 n=4 k=1"},
          "status": "not run", "why": "applies to ['mnist'], not mnist5k", "runs": []}]}))
     md = tmp_path / "r.md"
-    report.build_report(Study.of(params), _params_file(tmp_path, params), folder, tmp_path / "figs", claims_json,
+    build.build_report(Study.of(params), _params_file(tmp_path, params), folder, tmp_path / "figs", claims_json,
                         tmp_path / "none", [], tmp_path / "r.html", md)
     text = md.read_text()
     talk = text.split("### Communication with the original authors")[1].split("\n## ")[0]
@@ -482,12 +487,12 @@ def test_scale_warnings_name_every_difference_from_the_paper():
     params["latency"]["wide"]["width"] = 1.0
     study = Study.of(params)
     syn, wide = study.synthetic, study.latency.wide
-    warn = report.scale_warnings("mnist5k", study.datasets["mnist5k"], syn, wide, paper.SETTING["mnist"],
+    warn = build.scale_warnings("mnist5k", study.datasets["mnist5k"], syn, wide, paper.SETTING["mnist"],
                                  steps=[1000], epochs=[15])
     assert warn == ["4,000 training images instead of 60,000", "1,000 test images instead of 10,000",
                     "1,000 optimizer steps instead of 3,525",
                     "synthetic runs of 50 steps × 10,000 inputs instead of 500 × 10,000"]
-    assert report.scale_warnings("fashion_mnist", study.datasets["fashion_mnist"], syn, wide, {}, [1000], [15])[0] == \
+    assert build.scale_warnings("fashion_mnist", study.datasets["fashion_mnist"], syn, wide, {}, [1000], [15])[0] == \
         "the paper has no results on fashion_mnist"
 
 
@@ -504,7 +509,7 @@ def test_provenance_section(built):
     for pkg in ("torch", "lightning", "snakemake", "dvc", "pandas", "seaborn", "timm"):
         assert f"| {pkg} |" in text
     assert "| latency hardware.cpu | Intel Xeon (2 cores) |" in text
-    assert f"| machine.cpu | {provenance.cpu_model()} |" in text
+    assert f"| machine.cpu | {record.cpu_model()} |" in text
     assert "| random-subset seeds (evaluate.random_seeds) | 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 |" in text
     assert "| synthetic seeds (synthetic.seeds) | 0, 1, 2 |" in text
     # benchmarks.json (not an input of the report step) is pointed to, never read
@@ -512,12 +517,12 @@ def test_provenance_section(built):
 
 
 def test_run_command_and_start_come_from_the_workflow(monkeypatch, tmp_path):
-    monkeypatch.setenv(provenance.RUN_COMMAND, "snakemake --cores all")
-    monkeypatch.setenv(provenance.RUN_START, "2026-11-30 10:00:00 UTC")
-    run = provenance.run_info(tmp_path / "params.yaml")
+    monkeypatch.setenv(record.RUN_COMMAND, "snakemake --cores all")
+    monkeypatch.setenv(record.RUN_START, "2026-11-30 10:00:00 UTC")
+    run = record.run_info(tmp_path / "params.yaml")
     assert run["command"] == "snakemake --cores all" and run["start"] == "2026-11-30 10:00:00 UTC"
     git = {"commit": "0123456789abcdef" * 2, "remote": "https://example.org/softmoe.git"}
-    assert provenance.reproduce_line(git, Path("config/mnist.yaml")) == (
+    assert record.reproduce_line(git, Path("config/mnist.yaml")) == (
         "git clone https://example.org/softmoe.git softmoe && cd softmoe && git checkout 0123456789ab && "
         "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
         "snakemake --cores all --configfile config/mnist.yaml")
@@ -546,7 +551,7 @@ def test_no_benchmark_files_falls_back_to_training_time(tmp_path):
     params = sample_params()
     tables = write_sample_tables(tmp_path / "tables")
     html, md = tmp_path / "r.html", tmp_path / "r.md"
-    report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "figs",
+    build.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "figs",
                         _claims(params, tables, tmp_path), tmp_path / "no-benchmarks", [], html, md)
     total = training_time_rows()["wall_time_s"].sum()
     assert f"Training alone (training_time.csv): {total:,.0f} s" in md.read_text()
@@ -560,15 +565,15 @@ def test_git_commit_and_dirty_state(tmp_path):
     subprocess.run(git + ["add", "a.txt", "dvc.lock"], cwd=tmp_path, check=True)
     subprocess.run(git + ["commit", "-q", "-m", "x"], cwd=tmp_path, check=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
-    state = provenance.git_state(tmp_path)
+    state = record.git_state(tmp_path)
     assert state["commit"] == head and state["dirty"] is False
     (tmp_path / "a.txt").write_text("2")
     (tmp_path / "new.txt").write_text("3")
-    state = provenance.git_state(tmp_path)
+    state = record.git_state(tmp_path)
     assert state["dirty"] is True and state["modified"] == ["a.txt"] and state["untracked"] == 1
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")      # dvc commit after a run
-    assert provenance.git_state(tmp_path)["modified"] == ["a.txt", "dvc.lock"]
-    assert provenance.git_state(Path("/")).get("dirty") is None
+    assert record.git_state(tmp_path)["modified"] == ["a.txt", "dvc.lock"]
+    assert record.git_state(Path("/")).get("dirty") is None
 
 
 def test_bad_benchmark_file_is_a_user_error(tmp_path):
@@ -576,7 +581,7 @@ def test_bad_benchmark_file_is_a_user_error(tmp_path):
     bench.mkdir(parents=True)
     (bench / "n2.tsv").write_text("seconds\n1.0\n")
     with pytest.raises(UserError, match=r"n2\.tsv: Snakemake benchmark file without column 's'"):
-        provenance.wall_times(tmp_path / "bench")
+        record.wall_times(tmp_path / "bench")
 
 
 def test_file_hashes_of_files_and_folders(tmp_path):
@@ -584,7 +589,7 @@ def test_file_hashes_of_files_and_folders(tmp_path):
     (tmp_path / "d" / "sub" / "x.bin").write_bytes(b"abc")
     (tmp_path / "d" / ".x.bin.tmp").write_bytes(b"half-written")
     (tmp_path / "f.txt").write_text("hello")
-    frame = provenance.file_hashes([tmp_path / "d", tmp_path / "f.txt", tmp_path / "absent"])
+    frame = record.file_hashes([tmp_path / "d", tmp_path / "f.txt", tmp_path / "absent"])
     assert frame["path"].tolist() == [(tmp_path / "d" / "sub" / "x.bin").as_posix(), (tmp_path / "f.txt").as_posix(),
                                       (tmp_path / "absent").as_posix()]
     assert frame["md5"].tolist() == [hashlib.md5(b"abc").hexdigest(), hashlib.md5(b"hello").hexdigest(), "missing"]
@@ -596,7 +601,7 @@ def test_tables_of_another_dataset_are_rejected(tmp_path):
     sel = selection_rows().assign(dataset="cifar10")
     tables = write_sample_tables(tmp_path / "tables", selection=sel)
     with pytest.raises(UserError, match=r"selection\.csv: holds dataset\(s\) \['cifar10'\].*'mnist5k'"):
-        report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "f",
+        build.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "f",
                             _claims(params, tables, tmp_path), tmp_path / "b", [], tmp_path / "r.html",
                             tmp_path / "r.md")
 
@@ -605,7 +610,7 @@ def test_report_needs_the_claims_step(tmp_path):
     params = sample_params()
     tables = write_sample_tables(tmp_path / "tables")
     with pytest.raises(UserError, match=r"claims\.json: no claims found; run `softmoe claims` first"):
-        report.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "f",
+        build.build_report(Study.of(params), _params_file(tmp_path, params), tables, tmp_path / "f",
                             tmp_path / "claims.json", tmp_path / "b", [], tmp_path / "r.html", tmp_path / "r.md")
 
 

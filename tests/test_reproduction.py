@@ -1,4 +1,4 @@
-"""The reproduction check (softmoe.reproduction): this run's science outputs against dvc.lock and the
+"""The reproduction check (softmoe.provenance.reproduction): this run's science outputs against dvc.lock and the
 git-tracked metrics at git HEAD of a small repository made here, and the CPUs of both sides."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from softmoe import reproduction
+from softmoe.provenance import reproduction
 
 
 def _md5(path: Path) -> str:

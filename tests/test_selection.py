@@ -4,10 +4,10 @@ import itertools
 import pytest
 import torch
 
-import softmoe.selection as selection
-from softmoe.errors import UserError
-from softmoe.models import MnistSoftMoE
-from softmoe.selection import expert_scores, oracle_subsets, random_experts, select_experts
+import softmoe.model.selection as selection
+from softmoe.base.errors import UserError
+from softmoe.model.models import MnistSoftMoE
+from softmoe.model.selection import expert_scores, oracle_subsets, random_experts, select_experts
 
 
 def test_expert_scores_sum_tokens_and_slots():

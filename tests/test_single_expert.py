@@ -15,9 +15,11 @@ import torch
 import yaml
 from test_figures import curves_rows, sample_study, selection_rows, training_rows, write_sample_tables
 
-from softmoe import evaluate, summary, tables, train
+from softmoe.audit import summary
+from softmoe.steps import evaluate, train
+from softmoe.workflow import tables
 from softmoe.experiments import e3_selection as e3, training as training_exp
-from softmoe.params import Study
+from softmoe.study.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = [1, 2, 4, 8]

@@ -1,4 +1,4 @@
-"""softmoe.stats: k for a fraction, means over seeds with their 95 % intervals, z, final
+"""softmoe.study.stats: k for a fraction, means over seeds with their 95 % intervals, z, final
 losses, the constant predictor of ‖x‖₂, Spearman's ρ."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from softmoe import params as params_mod
-from softmoe import stats
+from softmoe.study import params as params_mod
+from softmoe.study import stats
 from test_figures import alg1_acc, sample_params, selection_rows
 
 

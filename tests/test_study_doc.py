@@ -1,4 +1,4 @@
-"""docs/study.md and src/softmoe/paper.py hold the same reference numbers, and every
+"""docs/study.md and src/softmoe/study/paper.py hold the same reference numbers, and every
 `docs/study.md §…` citation in the code names a section that exists."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from softmoe import paper
+from softmoe.study import paper
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "study.md"

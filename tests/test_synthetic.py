@@ -17,9 +17,9 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from softmoe import synthetic
-from softmoe.errors import UserError
-from softmoe.params import Synthetic
+from softmoe.steps import synthetic
+from softmoe.base.errors import UserError
+from softmoe.study.params import Synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = {"batch_size": 1000, "steps": 250, "lr": 0.01}
@@ -120,9 +120,10 @@ def test_every_seed_is_a_run_and_the_proof_reads_the_first(tmp_path, monkeypatch
     """synthetic.seeds: one run folder per (variance, tokens, n, seed); the loss table gains the
     seed column; the proof check reads the n = 1 run of the first seed; final losses average the
     seeds' own final losses."""
-    from softmoe import layout, stats, tables
+    from softmoe.study import layout, stats
+    from softmoe.workflow import tables
     from softmoe.experiments import e1_theorem
-    from softmoe.params import load_study
+    from softmoe.study.params import load_study
     study = load_study(ROOT / "params.yaml")
     study = dataclasses.replace(study, synthetic=study.synthetic.replaced(
         experts=[1, 2], tokenizations=["5x2"], variances=[5], seeds=[3, 1], batch_size=200, steps=10, lr=0.01))

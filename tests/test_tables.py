@@ -1,4 +1,4 @@
-"""softmoe.tables: every results table written and read through its one schema; malformed
+"""softmoe.workflow.tables: every results table written and read through its one schema; malformed
 tables stop with one message naming the file, the column and the fix."""
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from softmoe import tables, train
-from softmoe.errors import UserError
-from softmoe.params import Study
+from softmoe.steps import train
+from softmoe.workflow import tables
+from softmoe.base.errors import UserError
+from softmoe.study.params import Study
 from test_figures import (SAMPLES, curves_rows, latency_rows, sample_params, selection_rows,
                           synthetic_loss_rows, training_rows, write_sample_tables)
 

@@ -19,10 +19,13 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from softmoe import modelfile, data, numerics, train
-from softmoe.errors import UserError
-from softmoe.models import MnistSoftMoE
-from softmoe.params import Study
+from softmoe.base import numerics
+from softmoe.data import datasets
+from softmoe.model import modelfile
+from softmoe.steps import train
+from softmoe.base.errors import UserError
+from softmoe.model.models import MnistSoftMoE
+from softmoe.study.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +167,7 @@ def test_checkpoint_under_another_recipe_is_set_aside_not_resumed(params, mnist5
 
 
 def test_checkpoint_of_other_code_paths_is_set_aside_not_resumed(params, mnist5k, tmp_path, capsys, monkeypatch):
-    """A checkpoint written under native code paths is not resumed by a pinned run (softmoe.numerics):
+    """A checkpoint written under native code paths is not resumed by a pinned run (softmoe.base.numerics):
     the weights would mix both roundings."""
     params["train"]["max_steps"] = 8
     with monkeypatch.context() as m:
@@ -215,9 +218,9 @@ def test_load_trained_returns_the_weights_and_refuses_other_runs(params, mnist5k
     assert not model.training and model.moe.num_experts == 4
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
-    images, labels = data.load_split(mnist5k, "test")
+    images, labels = datasets.load_split(mnist5k, "test")
     with torch.no_grad():
-        inputs = data.model_inputs(images, Study.of(params).train, _model(params))
+        inputs = datasets.model_inputs(images, Study.of(params).train, _model(params))
         accuracy = (model(inputs).argmax(1) == labels).sum().item() / len(labels)
     assert accuracy == json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"]
     with pytest.raises(UserError, match=r"n='4' \(expected '8'\)"):
@@ -345,9 +348,9 @@ def test_checkpoint_of_other_training_code_is_set_aside_not_resumed(params, mnis
     params["train"]["max_steps"] = 8
     _train(params, mnist5k, 2, 0, tmp_path / "a")
     code = train.code_digests()
-    assert "src/softmoe/layer.py" in code and "src/softmoe/train.py" in code
-    monkeypatch.setattr(train, "code_digests", lambda: {**code, "src/softmoe/layer.py": "edited"})
+    assert "src/softmoe/model/layer.py" in code and "src/softmoe/steps/train.py" in code
+    monkeypatch.setattr(train, "code_digests", lambda: {**code, "src/softmoe/model/layer.py": "edited"})
     again = _train(params, mnist5k, 2, 0, tmp_path / "a")
     err = capsys.readouterr().err
-    assert "changed: src/softmoe/layer.py)" in err and "training from the start" in err
+    assert "changed: src/softmoe/model/layer.py)" in err and "training from the start" in err
     assert (tmp_path / "a/checkpoints/last.ckpt.stale").is_file() and again["steps"] == 8

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from workflow_helpers import BIN, env, file_hashes, make_project, run, snakemake, snakemake_jobs, tiny_params
 
-from softmoe import stages
+from softmoe.workflow import stages
 
 LOG_REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
 # Outputs that hold timings or machine facts (or are markers), left out of bit-for-bit comparisons
-# (softmoe.reproduction.NOT_SCIENCE): claims.json and discrepancies.csv judge and compare the
+# (softmoe.provenance.reproduction.NOT_SCIENCE): claims.json and discrepancies.csv judge and compare the
 # latency timings too. Each training's metrics.json and training.csv carry none (timing.json does).
 TIMING = ("latency", "hardware.json", "timing.json", "training_time.csv", "-machine.json", "dvclive",
           "checkpoints", "params.valid", "benchmarks", ".snakemake_timestamp", "claims.json", "discrepancies.csv")

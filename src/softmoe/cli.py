@@ -1,6 +1,6 @@
 """`softmoe <step>`: the one entry point that Snakemake rules, DVC stages and people call.
 
-Each step parses paths, validates params.yaml into its typed sections (softmoe.params.Study,
+Each step parses paths, validates params.yaml into its typed sections (softmoe.study.params.Study,
 built once), and calls one room of the package with the sections it reads. Rooms are imported
 inside the step so that light steps do not pay for importing Lightning."""
 from __future__ import annotations
@@ -10,13 +10,13 @@ import os
 import sys
 from pathlib import Path
 
-from softmoe.errors import UserError
+from softmoe.base.errors import UserError
 
 
 def _study(args):
     """The --params file with its --overlay files merged on, validated, as typed sections
-    (softmoe.params.Study)."""
-    from softmoe import params
+    (softmoe.study.params.Study)."""
+    from softmoe.study import params
     return params.load_study(args.params, args.overlay)
 
 
@@ -47,9 +47,9 @@ def _threads(args) -> None:
     """Set up a compute step: --threads compute threads (Snakemake's {threads} for the job) for
     torch's intra-op and inter-op pools and, through THREAD_ENV, the libraries loaded later;
     malloc keeps freed memory (`_keep_freed_memory`); and the CPU code paths are pinned to AVX2
-    (softmoe.numerics.pin) before torch is imported, so that runs give the same bytes on any x86
+    (softmoe.base.numerics.pin) before torch is imported, so that runs give the same bytes on any x86
     CPU with AVX2."""
-    from softmoe import numerics
+    from softmoe.base import numerics
     _keep_freed_memory()
     for name in THREAD_ENV:
         os.environ[name] = str(args.threads)
@@ -66,7 +66,7 @@ def _threads(args) -> None:
 def cmd_validate(args):
     study = _study(args)
     if args.out:  # a fixed marker: DVC stages depend on it without rerunning on every change
-        from softmoe import atomic
+        from softmoe.base import atomic
         atomic.write_text(args.out, "params valid\n")
     print(f"{args.params}: valid (dataset {study.dataset}, experts {list(study.experts)}, "
           f"seeds {list(study.seeds)})")
@@ -74,7 +74,8 @@ def cmd_validate(args):
 
 def cmd_params(args):
     import yaml
-    from softmoe import atomic, params
+    from softmoe.base import atomic
+    from softmoe.study import params
     merged = params.load(args.params, args.overlay)   # validated before anything is written
     given = " ".join([f"--params {args.params}", *(f"--overlay {o}" for o in args.overlay)])
     text = (f"# Written by `softmoe params {given}`: merged and validated (docs/scale-out.md).\n"
@@ -86,13 +87,13 @@ def cmd_params(args):
 
 
 def cmd_prepare(args):
-    from softmoe import data
-    data.prepare(_study(args).datasets, args.dataset, Path(args.out))
+    from softmoe.data import datasets
+    datasets.prepare(_study(args).datasets, args.dataset, Path(args.out))
 
 
 def cmd_train(args):
     _threads(args)
-    from softmoe import train
+    from softmoe.steps import train
     study = _study(args)
     train.train_run(study.train, study.model, study.dataset_entry, Path(args.data), args.experts,
                     args.seed, Path(args.out))
@@ -100,7 +101,7 @@ def cmd_train(args):
 
 def cmd_synthetic(args):
     _threads(args)
-    from softmoe import synthetic
+    from softmoe.steps import synthetic
     study = _study(args)
     synthetic.train_synthetic(study.synthetic, study.train.accelerator, args.variance, args.tokens,
                               args.experts, args.seed, Path(args.out))
@@ -108,77 +109,79 @@ def cmd_synthetic(args):
 
 def cmd_proof(args):
     _threads(args)
-    from softmoe import synthetic
+    from softmoe.steps import synthetic
     synthetic.proof_check(_study(args).synthetic.proof_scales, Path(args.run), Path(args.out))
 
 
 def cmd_evaluate(args):
     _threads(args)
-    from softmoe import evaluate
+    from softmoe.steps import evaluate
     study = _study(args)
     evaluate.evaluate_run(study.evaluate, study.train, study.model, study.dataset_entry, Path(args.data),
                           Path(args.run), Path(args.out))
 
 
 def cmd_tabulate(args):
-    from softmoe import tables
+    from softmoe.workflow import tables
     tables.concat(_study(args), args.table, Path(args.out))
 
 
 def cmd_calibrate(args):
     _threads(args)
-    from softmoe import calibration
+    from softmoe.steps import calibration
     calibration.calibrate(_study(args), Path(args.data), args.experts, args.seed, Path(args.out))
 
 
 def cmd_hypothesis(args):
     _threads(args)
-    from softmoe import hypothesis_run
-    hypothesis_run.run(_study(args), args.name, Path(args.data), args.experts, args.seed, Path(args.out))
+    from softmoe.steps import hypothesis
+    hypothesis.run(_study(args), args.name, Path(args.data), args.experts, args.seed, Path(args.out))
 
 
 def cmd_hypotheses(args):
-    from softmoe import hypotheses
+    from softmoe.audit import hypotheses
     hypotheses.write(_study(args), Path(args.tables), Path(args.out))
 
 
 def cmd_claims(args):
-    from softmoe import claims
+    from softmoe.audit import claims
     gpu = Path(args.gpu) if args.gpu and Path(args.gpu).is_file() else None
     claims.write_claims(_study(args), Path(args.tables), gpu, Path(args.out), Path(args.discrepancies))
 
 
 def cmd_summarize(args):
-    from softmoe import summary
+    from softmoe.audit import summary
     summary.summarize(_study(args).dataset, Path(args.tables), Path(args.out), Path(args.machine))
 
 
 def cmd_latency(args):
     _threads(args)
-    from softmoe import latency
-    from softmoe import layout
+    from softmoe.steps import latency
+    from softmoe.study import layout
     study = _study(args)
     latency.measure(study.latency, study.model, layout.train_dirs(study, first_seed_only=True),
                     Path(args.out), Path(args.hardware), Path(args.rounds))
 
 
 def cmd_figures(args):
-    from softmoe import figures
+    from softmoe.report import figures
     figures.make_figures(_study(args), Path(args.tables), Path(args.out))
 
 
 def cmd_report(args):
-    from softmoe import report
+    from softmoe.report import build
     # The provenance names the study's own file: its (last) overlay if any, which the reproduce
     # line passes with --configfile; params.yaml itself is in git at the commit it names.
     study_file = Path((args.overlay or [args.params])[-1])
-    report.build_report(_study(args), study_file, Path(args.tables), Path(args.figures),
+    build.build_report(_study(args), study_file, Path(args.tables), Path(args.figures),
                         Path(args.claims), Path(args.benchmarks), [Path(p) for p in args.hash],
                         Path(args.html), Path(args.md))
 
 
 def cmd_crate(args):
-    from softmoe import crate, params, stages
+    from softmoe.provenance import crate
+    from softmoe.study import params
+    from softmoe.workflow import stages
     raw = params.load(args.params, args.overlay)
     code = sorted({c for step in stages.STEPS for c in stages.code(step)})   # as the report lists them
     out = crate.write_crate(Path(args.out), [Path(args.params), *map(Path, args.overlay)], raw, Path(args.claims),
@@ -192,12 +195,12 @@ def cmd_crate(args):
 
 def cmd_bench(args):
     _threads(args)
-    from softmoe import bench
-    bench.run(Path(args.out), Path(args.md), quick=args.quick)
+    from softmoe.bench import suite
+    suite.run(Path(args.out), Path(args.md), quick=args.quick)
 
 
 def cmd_share(args):
-    from softmoe import share
+    from softmoe.workflow import share
     rc = share.run_dvc(args.step, args.targets, remote=args.remote)
     if rc:
         raise SystemExit(rc)

@@ -1,8 +1,8 @@
-"""The study's experiments: every module of this package (but `unit`) declares one, as
+"""The study's experiments: every module of this package but the kit (`unit`, `plots`) declares one, as
 `EXPERIMENT = softmoe.experiments.unit.Experiment(...)`. The registry finds them (no list to
 edit): adding an experiment is its module, its rule file and its params section
 (docs/architecture.md, "Adding an experiment"). Modules are imported on first use, in name
-order, so importing one experiment does not import the others; softmoe.deps counts every module
+order, so importing one experiment does not import the others; softmoe.provenance.deps counts every module
 here as a dependency of this registry (DISCOVERS_SUBMODULES)."""
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import importlib
 import pkgutil
 from functools import cache
 
-from softmoe.errors import UserError
+from softmoe.base.errors import UserError
 from softmoe.experiments.unit import Experiment, Figure, Table
 
 DISCOVERS_SUBMODULES = True
+KIT = ("unit", "plots")  # the modules experiments are written with, not experiments
 
 
 @cache
@@ -21,7 +22,7 @@ def all_experiments() -> tuple[Experiment, ...]:
     """Every experiment, in module-name order."""
     found = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name != "unit":
+        if info.name not in KIT:
             found.append(importlib.import_module(f"{__name__}.{info.name}").EXPERIMENT)
     return tuple(found)
 

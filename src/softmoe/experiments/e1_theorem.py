@@ -9,8 +9,10 @@ import math
 
 import numpy as np
 
-from softmoe import inference, layout, paper, plots, stats, verdicts
-from softmoe.stats import constant_predictor_loss
+from softmoe.experiments import plots
+from softmoe.statistics import inference, verdicts
+from softmoe.study import layout, paper, stats
+from softmoe.study.stats import constant_predictor_loss
 from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
                                       scope)
 

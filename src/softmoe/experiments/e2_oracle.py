@@ -6,8 +6,10 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from softmoe import inference, paper, plots, verdicts
-from softmoe.discrepancies import oracle_rows
+from softmoe.experiments import plots
+from softmoe.statistics import inference, verdicts
+from softmoe.study import paper
+from softmoe.statistics.discrepancies import oracle_rows
 from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
                                       scope)
 

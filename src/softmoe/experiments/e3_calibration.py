@@ -2,7 +2,7 @@
 its optimizer steps and evaluated like the grid (softmoe calibrate): the calibration table."""
 from __future__ import annotations
 
-from softmoe import layout
+from softmoe.study import layout
 from softmoe.experiments.e3_selection import SELECTION
 from softmoe.experiments.unit import Experiment, Schema, Table
 

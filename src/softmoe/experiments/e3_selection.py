@@ -7,11 +7,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from softmoe import inference, layout, paper, plots, stats, verdicts
-from softmoe.discrepancies import OTHER_SCOPE
+from softmoe.experiments import plots
+from softmoe.statistics import inference, verdicts
+from softmoe.study import layout, paper, stats
+from softmoe.statistics.discrepancies import OTHER_SCOPE
 from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
                                       scope)
-from softmoe.stats import at_fraction, frac_label, mean_over_seeds
+from softmoe.study.stats import at_fraction, frac_label, mean_over_seeds
 
 RANDOM_TOLERANCE = 1.0   # alg1_vs_random's `violation`: Alg1 more than this many random std below (observation)
 HEADLINE = (0.5, 0.25, 0.125)    # (b1) the paper's headline fractions k = n/2, n/4, n/8

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from softmoe import paper, plots
-from softmoe.stats import k_for
-from softmoe.layout import WIDE
-from softmoe import verdicts
+from softmoe.experiments import plots
+from softmoe.study import paper
+from softmoe.study.stats import k_for
+from softmoe.study.layout import WIDE
+from softmoe.statistics import verdicts
 from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Observation, Table,
                                       schema, scope)
 
@@ -23,7 +24,7 @@ E4_FRACTION = 0.25
 LATENCY = schema("config n k k_frac batch device median_ms q25_ms q75_ms repeats ratio ideal flops flop_ratio",
                  "n k k_frac batch median_ms q25_ms q75_ms repeats ratio ideal flops flop_ratio",
                  "config n k batch median_ms")
-# One row per timed call: the calls of one round ran side by side (softmoe.timing.time_rounds), so
+# One row per timed call: the calls of one round ran side by side (softmoe.bench.timing.time_rounds), so
 # each round's ratio to its own k = n call is one paired sample of the time ratio (claim c2's
 # order-statistic interval on the median ratio).
 LATENCY_ROUNDS = schema("config n k batch round ms ratio_to_full", "n k batch round ms ratio_to_full",

@@ -1,9 +1,9 @@
 """Hypotheses tested by runs (docs/hypotheses.md): the selection rows of the models trained anew
 for the hypotheses of params.yaml (softmoe hypothesis), as the hypotheses table. Their comparison
-with the grid, the calibration and the paper is softmoe.hypotheses (metrics/hypotheses.json)."""
+with the grid, the calibration and the paper is softmoe.audit.hypotheses (metrics/hypotheses.json)."""
 from __future__ import annotations
 
-from softmoe import layout
+from softmoe.study import layout
 from softmoe.experiments.e3_selection import SELECTION
 from softmoe.experiments.unit import Experiment, Schema, Table
 

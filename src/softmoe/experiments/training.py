@@ -7,7 +7,9 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from softmoe import inference, layout, paper, plots, verdicts
+from softmoe.experiments import plots
+from softmoe.statistics import inference, verdicts
+from softmoe.study import layout, paper
 from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
                                       scope)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from softmoe.errors import UserError
+from softmoe.base.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ def schema(columns: str, numeric: str, required: str) -> Schema:
 class Table:
     """One tidy table of results/tables/<dataset>/.
 
-    `step` is the softmoe step that makes its rows. With a `source` (a softmoe.layout template of
+    `step` is the softmoe step that makes its rows. With a `source` (a softmoe.study.layout template of
     one run's file) and `runs` (the wildcards of every run of a study), `softmoe tabulate`
     concatenates the per-run files; without, the step writes the table itself."""
     name: str
@@ -56,7 +56,7 @@ class Table:
 
 @dataclass
 class Evidence:
-    """What figures and claims read: the study's typed params (softmoe.params.Study), its tables
+    """What figures and claims read: the study's typed params (softmoe.study.params.Study), its tables
     (name -> DataFrame or None when absent) and the GPU benchmark file when there is one."""
     study: Any
     frames: dict
@@ -77,7 +77,7 @@ class Figure:
 @dataclass(frozen=True)
 class Experiment:
     """One experiment of the study: its tables, figures and claims (each claim a function of the
-    Evidence that returns a softmoe.claims.Claim)."""
+    Evidence that returns a softmoe.audit.claims.Claim)."""
     key: str
     title: str
     paper: str                    # the paper's items it reproduces
@@ -89,12 +89,12 @@ class Experiment:
 # ---- claims -----------------------------------------------------------------------------------
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT RUN"
 VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN)
-ALPHA = 0.05      # family-wise over one claim's tests (softmoe.inference.ALPHA)
+ALPHA = 0.05      # family-wise over one claim's tests (softmoe.statistics.inference.ALPHA)
 
 
 @dataclass
 class Claim:
-    """One claim judged on a run by interval tests (softmoe.inference, softmoe.verdicts): what it
+    """One claim judged on a run by interval tests (softmoe.statistics.inference, softmoe.statistics.verdicts): what it
     says, which of the paper's claims it tests (docs/study.md §1: "a", "b", "c"; None for our own
     checks), what it was judged on and at what scale next to the paper's, its tests with their
     margins and why those margins, the verdict and, for NOT RUN, why; for INCONCLUSIVE, the

@@ -1,0 +1,2 @@
+"""The compute steps, one module per `softmoe <step>`: train, evaluate, synthetic, latency,
+calibration and hypothesis (one run of a hypothesis)."""
