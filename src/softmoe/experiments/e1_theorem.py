@@ -19,9 +19,9 @@ from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as Fig
 PLATEAU_RATIO = 2.0      # (a) margin: final loss n=1 / best n>=2 above 2 (log ratio above log 2)
 BLOCKS = 5               # (a) one seed: the last 10 % of steps in 5 blocks give the within-run variation
 
-SYNTHETIC_LOSS = schema("step loss variance tokens n seed", "step loss variance n seed",
+SYNTHETIC_LOSS_COLUMNS = schema("step loss variance tokens n seed", "step loss variance n seed",
                         "step loss variance tokens n seed")
-SYNTHETIC_PROOF = schema("case a slot_gap norm_gap abs_error_A abs_error_B variance tokens",
+SYNTHETIC_PROOF_COLUMNS = schema("case a slot_gap norm_gap abs_error_A abs_error_B variance tokens",
                          "a slot_gap norm_gap abs_error_A abs_error_B variance",
                          "case a slot_gap norm_gap variance tokens")
 
@@ -164,11 +164,14 @@ def _scale(ev: Evidence) -> dict:
     return verdicts.synthetic_scale(ev.study, seeds)
 
 
+SYNTHETIC_LOSS = Table("synthetic_loss", SYNTHETIC_LOSS_COLUMNS, step="synthetic",
+                       source=layout.SYNTHETIC + "/loss.csv",
+                       runs=lambda study: layout.synthetic_runs(study.synthetic))
+SYNTHETIC_PROOF = Table("synthetic_proof", SYNTHETIC_PROOF_COLUMNS, step="proof",
+                        source=layout.PROOF, runs=proof_runs)
 EXPERIMENT = Experiment(
     key="E1", title="Theorem 1 on synthetic ‖x‖₂", paper="appendix C figure (loss plateaus)",
-    tables=(Table("synthetic_loss", SYNTHETIC_LOSS, step="synthetic", source=layout.SYNTHETIC + "/loss.csv",
-                  runs=lambda study: layout.synthetic_runs(study.synthetic)),
-            Table("synthetic_proof", SYNTHETIC_PROOF, step="proof", source=layout.PROOF, runs=proof_runs)),
+    tables=(SYNTHETIC_LOSS, SYNTHETIC_PROOF),
     figures=(
         FigureSpec("fig3_synthetic_loss", "Synthetic ‖x‖₂ regression: training loss",
                    "MSE training loss (log scale) of the Soft MoE regressor of ‖x‖₂, one line per "

@@ -15,14 +15,14 @@ from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as Fig
 
 BUDGET_BAND = 0.02       # (x1) every n's all-experts accuracy within ±0.02 of the mean over n
 
-TRAINING = schema("dataset n seed test_accuracy test_loss train_loss params_total params_experts "
+TRAINING_COLUMNS = schema("dataset n seed test_accuracy test_loss train_loss params_total params_experts "
                   "expert_hidden epochs steps device",
                   "n seed test_accuracy test_loss train_loss params_total params_experts "
                   "expert_hidden epochs steps",
                   "dataset n seed test_accuracy")
-TRAINING_TIME = schema("dataset n seed wall_time_s device threads cpu numerics aten_capability",
+TRAINING_TIME_COLUMNS = schema("dataset n seed wall_time_s device threads cpu numerics aten_capability",
                        "n seed wall_time_s threads", "dataset n seed wall_time_s")
-CURVES = schema("epoch step train_loss train_accuracy test_loss test_accuracy n seed",
+CURVES_COLUMNS = schema("epoch step train_loss train_accuracy test_loss test_accuracy n seed",
                 "epoch step train_loss train_accuracy test_loss test_accuracy n seed", "step n seed")
 
 
@@ -100,13 +100,15 @@ def _test_images(ev: Evidence) -> int:
     return verdicts.images_of(ev.frames["selection"])
 
 
+TRAINING = Table("training", TRAINING_COLUMNS, step="train",
+                 source=layout.TRAIN + "/metrics.json", runs=layout.runs, required=True)
+TRAINING_TIME = Table("training_time", TRAINING_TIME_COLUMNS, step="train",
+                      source=layout.TRAIN + "/timing.json", runs=layout.runs)
+CURVES = Table("curves", CURVES_COLUMNS, step="train",
+               source=layout.TRAIN + "/curves.csv", runs=layout.runs)
 EXPERIMENT = Experiment(
     key="training", title="Training at the fixed budget", paper="figure 1 (k = n), the MNIST recipe",
-    tables=(Table("training", TRAINING, step="train", source=layout.TRAIN + "/metrics.json", runs=layout.runs,
-                  required=True),
-            Table("training_time", TRAINING_TIME, step="train", source=layout.TRAIN + "/timing.json",
-                  runs=layout.runs),
-            Table("curves", CURVES, step="train", source=layout.TRAIN + "/curves.csv", runs=layout.runs)),
+    tables=(TRAINING, TRAINING_TIME, CURVES),
     figures=(
         FigureSpec("fig6_training_curves", "Training curves",
                    "Test accuracy (logged only, never used to choose a checkpoint) and training loss "
