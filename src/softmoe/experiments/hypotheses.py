@@ -8,10 +8,10 @@ from softmoe.experiments.e3_selection import SELECTION_COLUMNS
 from softmoe.experiments.unit import Experiment, Schema, Table
 
 EXTRA = ("epochs", "steps", "train_images", "full_train_images")
-HYPOTHESIS_ROWS_COLUMNS = Schema(("name",) + SELECTION_COLUMNS.columns + EXTRA, SELECTION_COLUMNS.numeric + EXTRA,
-                         ("name",) + SELECTION_COLUMNS.required)
+HYPOTHESES_COLUMNS = Schema(("name",) + SELECTION_COLUMNS.columns + EXTRA, SELECTION_COLUMNS.numeric + EXTRA,
+                            ("name",) + SELECTION_COLUMNS.required)
 
-HYPOTHESES = Table("hypotheses", HYPOTHESIS_ROWS_COLUMNS, step="hypothesis",
+HYPOTHESES = Table("hypotheses", HYPOTHESES_COLUMNS, step="hypothesis",
                    source=layout.HYPOTHESIS + "/selection.csv", runs=layout.hypothesis_runs)
 EXPERIMENT = Experiment(
     key="hypotheses", title="Hypotheses tested by runs", paper="the discrepancies with the paper",
