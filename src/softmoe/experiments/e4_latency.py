@@ -13,7 +13,7 @@ from softmoe.study.stats import k_for
 from softmoe.study.layout import WIDE
 from softmoe.statistics import verdicts
 from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Observation, Table,
-                                      schema, scope)
+                                      schema)
 
 TIME_SLACK = 0.10        # (c2) margin: the paper's k = n/4 time ratio + 0.10
 TIME_TOLERANCE = 0.05    # (observation) a larger k may not be faster than a smaller k by more than 5 %
@@ -193,9 +193,9 @@ EXPERIMENT = Experiment(
         "Median time of the Soft MoE layers with only k experts running, divided by the time "
         "with all n (error bars: quartiles), against k/n, one line per configuration, one panel "
         "per batch size; dashed: the ideal k/n; hollow diamonds: the paper's ratios (table 3).",
-        ("latency",), lambda ev: _fig5(ev.frames["latency"])),),
-    claims=(lambda ev: claim_time_wide(ev.frames["latency"], ev.study.latency.wide.width,
-                                       ev.frames.get("latency_rounds")),
+        (LATENCY.name,), lambda ev: _fig5(ev.frames[LATENCY.name])),),
+    claims=(lambda ev: claim_time_wide(ev.frames[LATENCY.name], ev.study.latency.wide.width,
+                                       ev.frames.get(LATENCY_ROUNDS.name)),
             lambda ev: claim_time_gpu(ev.gpu),
-            lambda ev: observe_time_trained(ev.frames["latency"], scope(ev))),
+            lambda ev: observe_time_trained(ev.frames[LATENCY.name], ev.scope)),
 )
