@@ -24,6 +24,10 @@ from softmoe.study import paper
 from softmoe.workflow import tables
 from softmoe.base.errors import UserError
 from softmoe.study.params import Study
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS, SYNTHETIC_PROOF
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e4_latency import LATENCY
+from softmoe.experiments.training import CURVES
 from test_figures import (calibration_rows, draw as draw_figures, latency_rows, sample_params, selection_rows,
                           synthetic_loss_rows, training_rows, training_time_rows, write_sample_tables)
 
@@ -532,7 +536,8 @@ def test_missing_optional_inputs_say_not_run(tmp_path):
     no_oracle = selection_rows()
     no_oracle = no_oracle[no_oracle["method"] != "oracle"]
     html, md = _build(tmp_path, draw=False, selection=no_oracle,
-                      skip=("curves", "synthetic_loss", "synthetic_proof", "latency", "hardware", "calibration"))
+                      skip=(CURVES.name, SYNTHETIC_LOSS.name, SYNTHETIC_PROOF.name, LATENCY.name, "hardware",
+                            CALIBRATION.name))
     text = md.read_text()
     verdicts = "|".join(render.STATUS)
     found = dict(re.findall(rf"^\| (\w+) \| .*? \| ({verdicts}) \| [^|]* \|$", text, re.MULTILINE))
@@ -617,7 +622,7 @@ def test_report_needs_the_claims_step(tmp_path):
 def test_cli_steps_write_claims_figures_and_report(tmp_path, capsys):
     params = sample_params()
     pfile = _params_file(tmp_path, params)
-    tables = write_sample_tables(tmp_path / "tables", skip=("synthetic_proof", "curves"))
+    tables = write_sample_tables(tmp_path / "tables", skip=(SYNTHETIC_PROOF.name, CURVES.name))
     figs, html, md = tmp_path / "figs", tmp_path / "out" / "report.html", tmp_path / "out" / "report.md"
     claims_json = tmp_path / "metrics" / "claims.json"
     assert cli.main(["claims", "--params", str(pfile), "--tables", str(tables), "--gpu", str(tmp_path / "no-gpu.json"),
