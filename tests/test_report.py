@@ -27,6 +27,10 @@ from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS
 from softmoe.experiments.e3_selection import SELECTION
 from softmoe.experiments.e4_latency import LATENCY
 from softmoe.study.params import Study
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS, SYNTHETIC_PROOF
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e4_latency import LATENCY
+from softmoe.experiments.training import CURVES
 from test_figures import (calibration_rows, draw as draw_figures, latency_rows, sample_params, selection_rows,
                           synthetic_loss_rows, training_rows, training_time_rows, write_sample_tables)
 
@@ -259,7 +263,7 @@ def test_every_md5_in_the_report_is_the_md5_of_its_file(built):
                 *(root / "reports" / "figures" / f"{s}.{e}" for s in experiments.figures() for e in ("png", "svg")),
                 *(root / "results" / "tables" / "mnist5k" / f"{t}.csv" for t in tables.names())}
     assert expected <= files, sorted(map(str, expected - files))
-    assert any(p.name == "claims.py" and p.parent.name == "softmoe" for p in files)
+    assert any(p.name == "claims.py" and p.parent.name == "audit" for p in files)
     assert len(printed) > 60
 
 
@@ -471,7 +475,7 @@ def test_figures_carry_tables_and_steps_but_no_code_list(built):
     assert all("made by: softmoe" in t for t in traces)
     provenance_md = md.split("## Provenance")[1]
     assert "*The code each step runs (the traces under figures and tables name the steps)*" in provenance_md
-    assert re.search(r"^\| evaluate \| .*evaluate\.py.*selection\.py", provenance_md, re.MULTILINE)
+    assert re.search(r"^\| evaluate \| (?=.*steps/evaluate\.py)(?=.*model/selection\.py)", provenance_md, re.MULTILINE)
 
 
 def test_long_tidy_tables_are_linked_not_inlined(built):
@@ -536,7 +540,8 @@ def test_missing_optional_inputs_say_not_run(tmp_path):
     no_oracle = selection_rows()
     no_oracle = no_oracle[no_oracle["method"] != "oracle"]
     html, md = _build(tmp_path, draw=False, selection=no_oracle,
-                      skip=("curves", "synthetic_loss", "synthetic_proof", "latency", "hardware", "calibration"))
+                      skip=(CURVES.name, SYNTHETIC_LOSS.name, SYNTHETIC_PROOF.name, LATENCY.name, "hardware",
+                            CALIBRATION.name))
     text = md.read_text()
     verdicts = "|".join(render.STATUS)
     found = dict(re.findall(rf"^\| (\w+) \| .*? \| ({verdicts}) \| [^|]* \|$", text, re.MULTILINE))
@@ -621,7 +626,7 @@ def test_report_needs_the_claims_step(tmp_path):
 def test_cli_steps_write_claims_figures_and_report(tmp_path, capsys):
     params = sample_params()
     pfile = _params_file(tmp_path, params)
-    tables = write_sample_tables(tmp_path / "tables", skip=("synthetic_proof", "curves"))
+    tables = write_sample_tables(tmp_path / "tables", skip=(SYNTHETIC_PROOF.name, CURVES.name))
     figs, html, md = tmp_path / "figs", tmp_path / "out" / "report.html", tmp_path / "out" / "report.md"
     claims_json = tmp_path / "metrics" / "claims.json"
     assert cli.main(["claims", "--params", str(pfile), "--tables", str(tables), "--gpu", str(tmp_path / "no-gpu.json"),
