@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from softmoe.provenance import record
+from softmoe.provenance import deps, record
 from softmoe.study import layout, paper, stats
 from softmoe.workflow import stages, tables
 from softmoe.provenance import reproduction as repro
@@ -332,7 +332,7 @@ def provenance_section(ctx: Context, hashed: list[Path], benchmarks_dir: Path) -
                         caption=f"md5 of the {len(hashes)} files this report describes (data, models, tables, "
                                 "metrics, figures, code), computed when it was written"))
     blocks.append(Block("table", frame=pd.DataFrame(
-        [{"step": step, "code": ", ".join(Path(c).name for c in stages.code(step))} for step in stages.STEPS]),
+        [{"step": step, "code": ", ".join(c.removeprefix(deps.PREFIX) for c in stages.code(step))} for step in stages.STEPS]),
         collapsed=True, caption="The code each step runs (the traces under figures and tables name the steps)"))
     blocks.append(Block("table", frame=record.versions(), caption="Package versions", collapsed=True))
     blocks += wall_blocks(benchmarks_dir, ctx.frames.get(TRAINING_TIME.name))
