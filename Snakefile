@@ -11,6 +11,10 @@ from snakemake.utils import min_version
 from softmoe.provenance import record
 from softmoe.study import layout
 from softmoe.workflow import share, stages
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.hypotheses import HYPOTHESES
+from softmoe.experiments.training import TRAINING, TRAINING_TIME
 from softmoe.study.params import ParamsError, Study, load
 
 min_version("9.0")

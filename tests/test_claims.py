@@ -46,9 +46,9 @@ def tenk_selection() -> pd.DataFrame:
 
 
 def _frames(tmp_path: Path, **kw) -> dict:
-    kw.setdefault("synthetic_loss", seeded_loss())
-    kw.setdefault("training", flat_training())
-    kw.setdefault("selection", tenk_selection())
+    kw.setdefault(e1.SYNTHETIC_LOSS.name, seeded_loss())
+    kw.setdefault(training.TRAINING.name, flat_training())
+    kw.setdefault(e3.SELECTION.name, tenk_selection())
     folder = write_sample_tables(tmp_path / "tables", **kw)
     return tables.read_all(folder)
 
@@ -433,7 +433,7 @@ def test_write_claims_writes_tests_counts_observations_scope_and_discrepancies(t
 def test_write_claims_on_crafted_tables_gives_contradicted_and_not_run(tmp_path):
     """Algorithm 1 clearly below random: b1 CONTRADICTED; no synthetic runs: (a) NOT RUN, E1 not run."""
     sel = _set_alg1(_with_seeds(selection_rows()), 16, 4, 0.08)
-    folder = write_sample_tables(tmp_path / "tables", skip=("synthetic_loss",), selection=sel,
+    folder = write_sample_tables(tmp_path / "tables", skip=(e1.SYNTHETIC_LOSS.name,), selection=sel,
                                  training=flat_training())
     out = tmp_path / "claims.json"
     _write_claims(folder, None, out, tmp_path / "discrepancies.csv")

@@ -21,6 +21,8 @@ from softmoe.base.errors import UserError
 from softmoe.model.models import MnistSoftMoE
 from softmoe.study.params import Evaluate, Study
 from softmoe.model.selection import random_experts, select_experts
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.training import TRAINING
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_N, TOY_STEPS = 8, 300
@@ -224,7 +226,7 @@ def test_evaluate_run_writes_the_tidy_rows(study):
     out = root / "eval" / "n8-s0.csv"
     evaluate_run(params, root / "data", root / "run", out)
     table = pd.read_csv(out)
-    assert list(table.columns) == tables.columns("selection")
+    assert list(table.columns) == tables.columns(SELECTION.name)
     assert (table["images"] == 1000).all()                             # mnist5k's test split
     ks = Evaluate.of(params["evaluate"]).k_values(TOY_N)
     per_mode = 1 + 2 * len(ks) + 1                                     # all, alg1 and random per k, oracle
@@ -291,7 +293,7 @@ def test_summarize_headline_metrics(study):
 
 def _training_row(**values) -> pd.DataFrame:
     """One row of training.csv with every column of its schema."""
-    row = dict.fromkeys(tables.columns("training"), 1) | {"dataset": "mnist5k", "seed": 0, "device": "cpu",
+    row = dict.fromkeys(tables.columns(TRAINING.name), 1) | {"dataset": "mnist5k", "seed": 0, "device": "cpu",
                                                           "test_accuracy": 0.9}
     return pd.DataFrame([row | values])
 
@@ -299,7 +301,7 @@ def _training_row(**values) -> pd.DataFrame:
 def test_summarize_names_the_missing_table(tmp_path):
     with pytest.raises(UserError, match="selection.csv"):
         summary.summarize("mnist5k", tmp_path, tmp_path / "m.json", tmp_path / "machine.json")
-    row = dict.fromkeys(tables.columns("selection"), 0) | {"dataset": "cifar10", "method": "all",
+    row = dict.fromkeys(tables.columns(SELECTION.name), 0) | {"dataset": "cifar10", "method": "all",
                                                          "renormalize": False, "n": 2, "k": 2}
     pd.DataFrame([row]).to_csv(tmp_path / "selection.csv", index=False)
     _training_row(dataset="cifar10", n=2, params_total=1).to_csv(tmp_path / "training.csv", index=False)

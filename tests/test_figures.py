@@ -23,6 +23,12 @@ from softmoe.study import params as params_mod
 from softmoe.base.errors import UserError
 from softmoe import experiments
 from softmoe.experiments import e1_theorem as e1, e3_selection as e3
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS, SYNTHETIC_PROOF
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.e4_latency import LATENCY, LATENCY_ROUNDS
+from softmoe.experiments.hypotheses import HYPOTHESES
+from softmoe.experiments.training import CURVES, TRAINING, TRAINING_TIME
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = [2, 4, 8, 16, 32, 64]
@@ -203,11 +209,11 @@ def latency_rounds_rows(monotone: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-SAMPLES = {"selection": selection_rows, "training": training_rows, "training_time": training_time_rows,
-           "curves": curves_rows,
-           "synthetic_loss": synthetic_loss_rows, "synthetic_proof": proof_rows, "latency": latency_rows,
-           "latency_rounds": latency_rounds_rows,
-           "calibration": calibration_rows, "hypotheses": hypothesis_rows}
+SAMPLES = {SELECTION.name: selection_rows, TRAINING.name: training_rows, TRAINING_TIME.name: training_time_rows,
+           CURVES.name: curves_rows,
+           SYNTHETIC_LOSS.name: synthetic_loss_rows, SYNTHETIC_PROOF.name: proof_rows, LATENCY.name: latency_rows,
+           LATENCY_ROUNDS.name: latency_rounds_rows,
+           CALIBRATION.name: calibration_rows, HYPOTHESES.name: hypothesis_rows}
 
 
 def test_every_table_has_a_sample():
@@ -264,13 +270,13 @@ def test_figures_are_deterministic(drawn):
 
 
 def test_optional_tables_missing_or_empty_give_not_run_figures(tmp_path):
-    skip = ("curves", "synthetic_loss", "latency", "hardware", "calibration")
+    skip = (CURVES.name, SYNTHETIC_LOSS.name, LATENCY.name, "hardware", CALIBRATION.name)
     no_oracle = selection_rows()
     no_oracle = no_oracle[no_oracle["method"] != "oracle"]
     folder = write_sample_tables(tmp_path / "tables", skip=skip, selection=no_oracle,
                                  synthetic_proof=proof_rows().iloc[:0])
-    assert tables.read(folder, "synthetic_proof").empty
-    assert tables.read(folder, "latency") is None
+    assert tables.read(folder, SYNTHETIC_PROOF.name).empty
+    assert tables.read(folder, LATENCY.name) is None
     draw(sample_study(), folder, tmp_path / "fig")
     for stem in STEMS:
         assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 1000
@@ -281,7 +287,7 @@ def test_optional_tables_missing_or_empty_give_not_run_figures(tmp_path):
         assert "NOT RUN" not in (tmp_path / "fig" / f"{stem}.svg").read_text(), stem
 
 
-@pytest.mark.parametrize("name", ["selection", "training"])
+@pytest.mark.parametrize("name", [SELECTION.name, TRAINING.name])
 def test_missing_required_table_is_a_user_error(tmp_path, name):
     folder = write_sample_tables(tmp_path / "tables", skip=(name,))
     with pytest.raises(UserError, match=rf"{name}\.csv.*required table not found"):

@@ -21,6 +21,9 @@ from softmoe.workflow import tables
 from softmoe.data.datamodule import ImageDataModule
 from softmoe.base.errors import UserError
 from softmoe.study.params import ParamsError, Study
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.hypotheses import HYPOTHESES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +132,7 @@ def test_a_run_trains_with_the_overrides_and_is_evaluated_like_the_grid(raw, mni
     out = tmp_path / "tiny" / "n2-s0"
     hypothesis.run(study, "tiny", mnist5k, 2, 0, out)
     rows = pd.read_csv(out / "selection.csv")
-    tables.check(out / "selection.csv", "hypotheses", rows)
+    tables.check(out / "selection.csv", HYPOTHESES.name, rows)
     assert set(rows["name"]) == {"tiny"} and {"all", "alg1", "random"} <= set(rows["method"])
     assert (rows["steps"] == 6).all() and (rows["epochs"] == 2).all()       # 300 images = 3 batches
     assert (rows["train_images"] == 300).all() and (rows["full_train_images"] == 4000).all()
@@ -164,7 +167,7 @@ def frames(study: Study) -> dict:
     runs = selection([(n, s, "random", n // 4, False, a + SHIFT[n, s]) for (n, s), a in GRID.items()])
     runs.insert(0, "name", "authors_recipe")
     runs["epochs"], runs["steps"], runs["train_images"], runs["full_train_images"] = 200, 3290, 4000, 4000
-    return {"selection": grid, "calibration": None, "hypotheses": runs}
+    return {SELECTION.name: grid, CALIBRATION.name: None, HYPOTHESES.name: runs}
 
 
 def authors_recipe_at(raw: dict) -> Study:
@@ -195,7 +198,7 @@ def test_more_noise_between_seeds_widens_the_interval(raw):
     study = authors_recipe_at(raw)
     tight = hypotheses.hypothesis_entry(study.hypotheses["authors_recipe"], study, frames(study))
     noisy = frames(study)
-    noisy["hypotheses"].loc[0, "accuracy"] += 0.10
+    noisy[HYPOTHESES.name].loc[0, "accuracy"] += 0.10
     wide = hypotheses.hypothesis_entry(study.hypotheses["authors_recipe"], study, noisy)
     assert (wide["effect"]["hi"] - wide["effect"]["lo"]) > 1.5 * (tight["effect"]["hi"] - tight["effect"]["lo"])
     assert wide["effect"]["estimate"] == pytest.approx(tight["effect"]["estimate"] + 0.10 / 4)
@@ -216,7 +219,8 @@ def test_a_training_subset_is_carried_to_the_papers_scale_by_the_stated_model(ra
     runs = selection([(4, s, "all", 4, False, .89) for s in (0, 1)])
     runs.insert(0, "name", "train_size_1000")
     runs["epochs"], runs["steps"], runs["train_images"], runs["full_train_images"] = 900, 3500, 1000, 4000
-    entry = hypotheses.hypothesis_entry(h, study, {"selection": grid, "calibration": None, "hypotheses": runs})
+    entry = hypotheses.hypothesis_entry(h, study, {SELECTION.name: grid, CALIBRATION.name: None,
+                                                                   HYPOTHESES.name: runs})
     factor = -math.log2(60_000 / 4000) / math.log2(4000 / 1000)
     assert entry["effect"]["estimate"] == pytest.approx(-0.04, abs=1e-6)
     assert entry["prediction"]["estimate"] == pytest.approx(-0.04 * factor, abs=1e-6)
@@ -227,7 +231,7 @@ def test_a_training_subset_is_carried_to_the_papers_scale_by_the_stated_model(ra
 
 def test_without_runs_or_on_another_dataset_a_hypothesis_says_why(raw, tmp_path):
     study = Study.of(raw)
-    empty = {"selection": frames(study)["selection"], "calibration": None, "hypotheses": None}
+    empty = {SELECTION.name: frames(study)[SELECTION.name], CALIBRATION.name: None, HYPOTHESES.name: None}
     entry = hypotheses.hypothesis_entry(study.hypotheses["epochs_vs_steps"], study, empty)
     assert entry["status"] == "not run" and "no (n, seed)" in entry["why"]
     raw["dataset"], raw["model"] = "cifar10", {"kind": "vit"}
@@ -241,8 +245,8 @@ def test_the_step_writes_the_json_from_the_tables(raw, tmp_path):
     folder = tmp_path / "tables"
     folder.mkdir()
     built = frames(study)
-    tables.write(folder / "selection.csv", built["selection"], "selection")
-    tables.write(folder / "hypotheses.csv", built["hypotheses"], "hypotheses")
+    tables.write(folder / "selection.csv", built[SELECTION.name], SELECTION.name)
+    tables.write(folder / "hypotheses.csv", built[HYPOTHESES.name], HYPOTHESES.name)
     out = tmp_path / "metrics" / "hypotheses.json"
     hypotheses.write(study, folder, out)
     written = json.loads(out.read_text())

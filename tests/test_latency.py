@@ -14,6 +14,7 @@ from softmoe.workflow import tables
 from softmoe.model.layer import SoftMoE
 from softmoe.model.models import MnistSoftMoE
 from softmoe.study.params import Latency, Model, Wide
+from softmoe.experiments.e4_latency import LATENCY, LATENCY_ROUNDS
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDE = Wide.of({"experts": 4, "hidden_per_expert": 256, "dim": 16, "tokens": 5, "layers": 2, "width": 0.5})
@@ -36,9 +37,9 @@ def test_measure_writes_rows_and_hardware(tmp_path):
     save_run(run, 4)
     out, hardware, rounds = tmp_path / "latency.csv", tmp_path / "hardware.json", tmp_path / "latency_rounds.csv"
     latency.measure(SMALL, MODEL, [run], out, hardware, rounds)
-    _check_rounds(pd.read_csv(out), tables.read(tmp_path, "latency_rounds"), repeats=3)
+    _check_rounds(pd.read_csv(out), tables.read(tmp_path, LATENCY_ROUNDS.name), repeats=3)
     table = pd.read_csv(out)
-    assert list(table.columns) == tables.columns("latency")
+    assert list(table.columns) == tables.columns(LATENCY.name)
     # n=4: k = 4, 2, 1 (0.25 and 0.125 both give k=1, counted once), at 2 batch sizes, 2 configs
     assert sorted(set(table["k"])) == [1, 2, 4] and sorted(set(table["batch"])) == [1, 8]
     assert (table["device"] == ("cuda" if torch.cuda.is_available() else "cpu")).all()
@@ -68,7 +69,7 @@ def test_measure_writes_rows_and_hardware(tmp_path):
 def _check_rounds(table: pd.DataFrame, rounds: pd.DataFrame, repeats: int) -> None:
     """latency_rounds.csv: one row per timed call (config, batch, k, round), each ratio that
     call's time over the same round's k = n call, and latency.csv's medians are theirs."""
-    assert list(rounds.columns) == tables.columns("latency_rounds")
+    assert list(rounds.columns) == tables.columns(LATENCY_ROUNDS.name)
     keys = ["config", "n", "k", "batch"]
     assert (rounds.groupby(keys)["round"].apply(sorted).map(tuple) == tuple(range(repeats))).all()
     assert len(rounds) == len(table) * repeats
@@ -87,8 +88,8 @@ def test_single_expert_model_is_timed_at_k_equals_n_only(tmp_path):
     save_run(run, 1)
     latency.measure(SMALL, MODEL, [run], tmp_path / "latency.csv", tmp_path / "hardware.json",
                     tmp_path / "latency_rounds.csv")
-    table = tables.read(tmp_path, "latency")
-    _check_rounds(table, tables.read(tmp_path, "latency_rounds"), repeats=SMALL.repeats)
+    table = tables.read(tmp_path, LATENCY.name)
+    _check_rounds(table, tables.read(tmp_path, LATENCY_ROUNDS.name), repeats=SMALL.repeats)
     one = table[table["config"].str.startswith("mnist5k/n1-s0")]
     assert set(one["k"]) == {1} and set(one["n"]) == {1} and (one["ratio"] == 1.0).all()
     assert len(one[one["config"] == "mnist5k/n1-s0"]) == len(SMALL.batch_sizes)

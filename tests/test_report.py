@@ -23,7 +23,14 @@ from softmoe.statistics import discrepancies
 from softmoe.study import paper
 from softmoe.workflow import tables
 from softmoe.base.errors import UserError
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.e4_latency import LATENCY
 from softmoe.study.params import Study
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS, SYNTHETIC_PROOF
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e4_latency import LATENCY
+from softmoe.experiments.training import CURVES
 from test_figures import (calibration_rows, draw as draw_figures, latency_rows, sample_params, selection_rows,
                           synthetic_loss_rows, training_rows, training_time_rows, write_sample_tables)
 
@@ -256,7 +263,7 @@ def test_every_md5_in_the_report_is_the_md5_of_its_file(built):
                 *(root / "reports" / "figures" / f"{s}.{e}" for s in experiments.figures() for e in ("png", "svg")),
                 *(root / "results" / "tables" / "mnist5k" / f"{t}.csv" for t in tables.names())}
     assert expected <= files, sorted(map(str, expected - files))
-    assert any(p.name == "claims.py" and p.parent.name == "softmoe" for p in files)
+    assert any(p.name == "claims.py" and p.parent.name == "audit" for p in files)
     assert len(printed) > 60
 
 
@@ -329,10 +336,11 @@ def test_discrepancies_come_with_the_hypotheses_the_pipeline_tests(built):
     assert "Oracle definition:" in section and "At n = 16: ours 110 on 1,000 test images, the paper's 112" in section
 
 
-def _frames(**replace) -> dict:
-    """The sample tables in memory (test_figures' SAMPLES), some replaced."""
+def _inputs(**replace) -> tuple:
+    """discrepancies()'s tables in memory: the sample selection, synthetic_loss and latency tables
+    (test_figures' SAMPLES), some replaced."""
     from test_figures import SAMPLES
-    return {name: replace.get(name, make()) for name, make in SAMPLES.items()}
+    return tuple(replace.get(t.name, SAMPLES[t.name]()) for t in (SELECTION, SYNTHETIC_LOSS, LATENCY))
 
 
 def _row(found, quantity: str, n: int) -> pd.Series:
@@ -343,7 +351,7 @@ def _row(found, quantity: str, n: int) -> pd.Series:
 
 def test_each_comparison_is_counted_once():
     """E2's random row at k = n/4 and E3's random k = n/4 row are the same number: counted once."""
-    found = discrepancies.discrepancies("mnist5k", _frames(), train_size=4000, latency_width=1.0)
+    found = discrepancies.discrepancies("mnist5k", *_inputs(), train_size=4000, latency_width=1.0)
     for n in (4, 8, 16):
         e2, e3 = _row(found, "random k-subset accuracy", n), _row(found, "accuracy, random k=n/4", n)
         assert e2["ours"] == pytest.approx(e3["ours"])       # one number, two readings of the paper
@@ -357,32 +365,32 @@ def test_each_comparison_is_counted_once():
 def test_timings_that_beat_the_papers_one_sided_claim_are_not_discrepancies():
     lat = latency_rows()
     wide = lat["config"] == "wide"
-    found = discrepancies.discrepancies("mnist5k", _frames(latency=lat), train_size=4000, latency_width=1.0)
+    found = discrepancies.discrepancies("mnist5k", *_inputs(latency=lat), train_size=4000, latency_width=1.0)
     e4 = found[found["experiment"] == "E4"]
     assert len(e4) == 6 and (e4["diff"] < 0).all()           # every ratio below the paper's
     assert (e4["status"] == discrepancies.BEATEN).all() and not e4["beyond"].any() and e4["counted"].all()
     # slower than the paper beyond the interval: a discrepancy, which a narrower layer explains
     slow = lat.assign(ratio=lat["ratio"].where(~wide | (lat["k"] == lat["n"]), 0.99))
-    at_full = discrepancies.discrepancies("mnist5k", _frames(latency=slow), train_size=4000, latency_width=1.0)
-    narrow = discrepancies.discrepancies("mnist5k", _frames(latency=slow), train_size=4000, latency_width=0.25)
+    at_full = discrepancies.discrepancies("mnist5k", *_inputs(latency=slow), train_size=4000, latency_width=1.0)
+    narrow = discrepancies.discrepancies("mnist5k", *_inputs(latency=slow), train_size=4000, latency_width=0.25)
     ratio = at_full[(at_full["experiment"] == "E4") & (at_full["k"] == 2)]
     assert ratio["beyond"].all() and (ratio["status"] == discrepancies.UNEXPLAINED).all()
     assert (narrow[(narrow["experiment"] == "E4") & (narrow["k"] == 2)]["status"] == discrepancies.SCALE).all()
 
 
 def test_rows_without_an_interval_are_reported_not_counted():
-    found = discrepancies.discrepancies("mnist5k", _frames(), train_size=4000)
+    found = discrepancies.discrepancies("mnist5k", *_inputs(), train_size=4000)
     distinct = found[found["quantity"] == "distinct best subsets"]
     assert len(distinct) == 3 and not distinct["counted"].any() and not distinct["beyond"].any()
     assert _row(found, "distinct best subsets", 16)["diff"] == -2          # reported, with its difference
     loss = synthetic_loss_rows()                      # three synthetic seeds, each 1 % above the previous
-    one_seed = discrepancies.discrepancies("mnist5k", _frames(synthetic_loss=loss[loss["seed"] == 0]), train_size=4000)
+    one_seed = discrepancies.discrepancies("mnist5k", *_inputs(synthetic_loss=loss[loss["seed"] == 0]), train_size=4000)
     e1 = one_seed[one_seed["experiment"] == "E1"]
     assert len(e1) == 16 and not e1["counted"].any()                       # one synthetic seed: no interval
     assert (e1.loc[e1["quantity"].str.contains("variance 25"), "status"] == "not counted: no interval (1 seed)").all()
     assert e1.loc[e1["quantity"].str.contains("variance 5,"), "status"].str.contains("rules out").all()
     # three seeds give an interval: the variance-25 rows count, the variance-5 reading still does not
-    found = discrepancies.discrepancies("mnist5k", _frames(synthetic_loss=loss), train_size=4000)
+    found = discrepancies.discrepancies("mnist5k", *_inputs(synthetic_loss=loss), train_size=4000)
     e1 = found[found["experiment"] == "E1"]
     v25 = e1[e1["quantity"].str.contains("variance 25")]
     assert v25["counted"].all() and (v25["ours_err"] > 0).all()
@@ -394,8 +402,8 @@ def test_rows_without_an_interval_are_reported_not_counted():
 def test_the_scale_model_explains_only_differences_on_its_side():
     """mnist5k (4,000 training images): all experts below the paper's and subsets keeping a larger
     share are explained by scale; the same numbers from a run at the paper's scale are not."""
-    small = discrepancies.discrepancies("mnist5k", _frames(), train_size=4000)
-    full = discrepancies.discrepancies("mnist5k", _frames(), train_size=None)
+    small = discrepancies.discrepancies("mnist5k", *_inputs(), train_size=4000)
+    full = discrepancies.discrepancies("mnist5k", *_inputs(), train_size=None)
     all16 = _row(small, "accuracy, all experts", 16)
     assert all16["diff"] < 0 and all16["status"] == discrepancies.SCALE
     assert _row(full, "accuracy, all experts", 16)["status"] == discrepancies.UNEXPLAINED
@@ -467,7 +475,7 @@ def test_figures_carry_tables_and_steps_but_no_code_list(built):
     assert all("made by: softmoe" in t for t in traces)
     provenance_md = md.split("## Provenance")[1]
     assert "*The code each step runs (the traces under figures and tables name the steps)*" in provenance_md
-    assert re.search(r"^\| evaluate \| .*evaluate\.py.*selection\.py", provenance_md, re.MULTILINE)
+    assert re.search(r"^\| evaluate \| (?=.*steps/evaluate\.py)(?=.*model/selection\.py)", provenance_md, re.MULTILINE)
 
 
 def test_long_tidy_tables_are_linked_not_inlined(built):
@@ -532,7 +540,8 @@ def test_missing_optional_inputs_say_not_run(tmp_path):
     no_oracle = selection_rows()
     no_oracle = no_oracle[no_oracle["method"] != "oracle"]
     html, md = _build(tmp_path, draw=False, selection=no_oracle,
-                      skip=("curves", "synthetic_loss", "synthetic_proof", "latency", "hardware", "calibration"))
+                      skip=(CURVES.name, SYNTHETIC_LOSS.name, SYNTHETIC_PROOF.name, LATENCY.name, "hardware",
+                            CALIBRATION.name))
     text = md.read_text()
     verdicts = "|".join(render.STATUS)
     found = dict(re.findall(rf"^\| (\w+) \| .*? \| ({verdicts}) \| [^|]* \|$", text, re.MULTILINE))
@@ -617,7 +626,7 @@ def test_report_needs_the_claims_step(tmp_path):
 def test_cli_steps_write_claims_figures_and_report(tmp_path, capsys):
     params = sample_params()
     pfile = _params_file(tmp_path, params)
-    tables = write_sample_tables(tmp_path / "tables", skip=("synthetic_proof", "curves"))
+    tables = write_sample_tables(tmp_path / "tables", skip=(SYNTHETIC_PROOF.name, CURVES.name))
     figs, html, md = tmp_path / "figs", tmp_path / "out" / "report.html", tmp_path / "out" / "report.md"
     claims_json = tmp_path / "metrics" / "claims.json"
     assert cli.main(["claims", "--params", str(pfile), "--tables", str(tables), "--gpu", str(tmp_path / "no-gpu.json"),

@@ -45,7 +45,7 @@ def test_one_expert_trains_at_the_budget_and_evaluates_to_its_all_row(mnist5k, t
     out = tmp_path / "eval" / "n1-s0.csv"
     evaluate.evaluate_run(study.evaluate, study.train, study.model, study.dataset_entry, mnist5k,
                           tmp_path / "n1", out)
-    tables.check(out, "selection", pd.read_csv(out))
+    tables.check(out, e3.SELECTION.name, pd.read_csv(out))
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +74,18 @@ def _xticks(ax) -> list[float]:
 def test_figures_show_n1_where_it_has_a_number(with_one):
     frames = tables.read_all(with_one)
     with matplotlib.rc_context():
-        fig1 = e3._fig1(frames["selection"], "mnist")
+        fig1 = e3._fig1(frames[e3.SELECTION.name], "mnist")
         labels = {line.get_label() for ax in fig1.axes for line in ax.get_lines()}
         assert "n=1" not in labels and {"n=2", "n=4", "n=8"} <= labels        # no k < n: no curve
-        fig2 = e3._fig2(frames["selection"], sample_study().evaluate.fractions, "mnist")
+        fig2 = e3._fig2(frames[e3.SELECTION.name], sample_study().evaluate.fractions, "mnist")
         ax = fig2.axes[0]
         assert ax.get_xscale() == "log" and _xticks(ax) == [1, 2, 4, 8]
         full = ax.containers[0]                                             # the all-experts error bars
         assert list(full.lines[0].get_xdata()) == NS
-        fig6 = training_exp._fig6_all(frames["training"], "mnist5k")
+        fig6 = training_exp._fig6_all(frames[training_exp.TRAINING.name], "mnist5k")
         assert 1 in _xticks(fig6.axes[0])
         assert 1 in list(fig6.axes[0].get_lines()[0].get_xdata())
-        curves = training_exp._fig6_curves(frames["curves"])
+        curves = training_exp._fig6_curves(frames[training_exp.CURVES.name])
         assert "n=1" in {line.get_label() for line in curves.axes[0].get_lines()}
 
 

@@ -135,8 +135,8 @@ def test_every_seed_is_a_run_and_the_proof_reads_the_first(tmp_path, monkeypatch
     for r in runs:
         synthetic.train_synthetic(study.synthetic, "auto", 5.0, "5x2", r["n"], r["seed"],
                                   Path(layout.SYNTHETIC.format(**r)))
-    tables.concat(study, "synthetic_loss", tmp_path / "synthetic_loss.csv")
-    loss = tables.read(tmp_path, "synthetic_loss")
+    tables.concat(study, e1_theorem.SYNTHETIC_LOSS.name, tmp_path / "synthetic_loss.csv")
+    loss = tables.read(tmp_path, e1_theorem.SYNTHETIC_LOSS.name)
     assert sorted(set(zip(loss["n"], loss["seed"]))) == [(1, 1), (1, 3), (2, 1), (2, 3)]
     assert len(loss) == 4 * 10
     finals = stats.final_losses(loss)

@@ -51,7 +51,8 @@ rule tabulate:
 rule summarize:
     input:
         tables=expand(
-            f"{TABLES}/{{table}}.csv", table=["selection", "training", "training_time"]
+            f"{TABLES}/{{table}}.csv",
+            table=[t.name for t in (SELECTION, TRAINING, TRAINING_TIME)],
         ),
         code=stages.code("summarize"),
     output:

@@ -37,7 +37,8 @@ rule hypothesis:
 rule hypotheses:
     input:
         tables=expand(
-            f"{TABLES}/{{table}}.csv", table=["selection", "calibration", "hypotheses"]
+            f"{TABLES}/{{table}}.csv",
+            table=[t.name for t in (SELECTION, CALIBRATION, HYPOTHESES)],
         ),
         code=stages.code("hypotheses"),
     output:

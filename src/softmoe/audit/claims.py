@@ -18,6 +18,10 @@ from softmoe import experiments
 from softmoe.base import atomic
 from softmoe.statistics import inference
 from softmoe.workflow import tables
+from softmoe.experiments import training
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.e4_latency import LATENCY
 from softmoe.statistics.discrepancies import discrepancies, experiments_scope, summary
 from softmoe.base.errors import UserError
 from softmoe.experiments.unit import ALPHA, VERDICTS, Claim, Evidence, Observation
@@ -32,7 +36,8 @@ def judge(study: Study, frames: dict, gpu: dict | None) -> list[Claim | Observat
     """Every claim (and observation) of every experiment (softmoe.experiments), judged on the
     tables of a run of `study` (and the GPU benchmark file when there is one), in KEY_ORDER
     (keys it does not name after, in experiment order)."""
-    evidence = Evidence(study, frames, gpu)
+    evidence = Evidence(study, frames, gpu, scope=training.scope(study, frames),
+                        scale=training.run_scale(study, frames))
     found = []
     for claim in experiments.claims():
         result = claim(evidence)
@@ -59,8 +64,8 @@ def write_claims(study: Study, tables_dir: Path, gpu_json: Path | None, out_json
     claims = [check(c) for c in judged if isinstance(c, Claim)]
     observations = [o for o in judged if isinstance(o, Observation)]
     dataset = study.dataset
-    found = discrepancies(dataset, frames, train_size=study.dataset_entry.train_size,
-                          latency_width=study.latency.wide.width)
+    found = discrepancies(dataset, frames[SELECTION.name], frames[SYNTHETIC_LOSS.name], frames[LATENCY.name],
+                          train_size=study.dataset_entry.train_size, latency_width=study.latency.wide.width)
     beyond = found[found["beyond"].astype(bool)]
     scope = experiments_scope(dataset, beyond)
     counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}

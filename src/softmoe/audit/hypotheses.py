@@ -38,6 +38,9 @@ from softmoe.study import layout, paper, stats
 from softmoe.workflow import tables
 from softmoe.base.errors import UserError
 from softmoe.study.params import Hypothesis, Study
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.hypotheses import HYPOTHESES
 
 PLOT_ERR = 0.003          # ± reading error of a number read off the paper's plots (softmoe.study.paper)
 SHARE_DRAWS = 200_000
@@ -70,10 +73,10 @@ def variant_frame(h: Hypothesis, frames: dict) -> tuple[pd.DataFrame | None, boo
     """The table h's variant rows come from, and the renormalize mode they are read at."""
     mode = bool(h.evaluate["renormalize"][0]) if "renormalize" in h.evaluate else h.quantity.renormalize
     if h.runs_from == "grid":
-        return frames["selection"], mode
+        return frames[SELECTION.name], mode
     if h.runs_from == "calibration":
-        return frames.get("calibration"), mode
-    runs = frames.get("hypotheses")
+        return frames.get(CALIBRATION.name), mode
+    runs = frames.get(HYPOTHESES.name)
     return (None if runs is None else runs[runs["name"] == h.name]), mode
 
 
@@ -196,7 +199,7 @@ def hypothesis_entry(h: Hypothesis, study: Study, frames: dict) -> dict:
                 "runs": []}
     source, mode = variant_frame(h, frames)
     variant = quantity_rows(source, h, mode)
-    grid = quantity_rows(frames["selection"], h, h.quantity.renormalize)
+    grid = quantity_rows(frames[SELECTION.name], h, h.quantity.renormalize)
     pairs = variant.merge(grid, on=["n", "seed"], suffixes=("_variant", "_grid"))
     pairs = pairs.rename(columns={"accuracy_variant": "variant", "accuracy_grid": "grid"})
     pairs["images"] = pairs[["images_variant", "images_grid"]].min(axis=1)
@@ -218,7 +221,7 @@ def hypothesis_entry(h: Hypothesis, study: Study, frames: dict) -> dict:
 
 def write(study: Study, tables_dir: Path, out: Path) -> dict:
     """metrics/hypotheses.json from the selection, calibration and hypotheses tables."""
-    frames = {name: tables.read(Path(tables_dir), name) for name in ("selection", "calibration", "hypotheses")}
+    frames = {name: tables.read(Path(tables_dir), name) for name in (SELECTION.name, CALIBRATION.name, HYPOTHESES.name)}
     report = {"dataset": study.dataset, "reference": paper.REFERENCE.get(study.dataset), "alpha": ALPHA,
               "intervals": "95 %, over training seeds and test images (docs/hypotheses.md)",
               "hypotheses": [hypothesis_entry(h, study, frames) for h in study.hypotheses.values()]}

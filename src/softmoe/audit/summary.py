@@ -16,6 +16,8 @@ from softmoe.study import stats
 from softmoe.workflow import tables
 from softmoe.base.errors import UserError
 from softmoe.provenance.record import machine
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.training import TRAINING, TRAINING_TIME
 
 HEADLINE_DIVISORS = (2, 4, 8)   # k = n/2, n/4, n/8
 
@@ -24,8 +26,8 @@ def summarize(dataset: str, tables_dir: Path, out_json: Path, machine_json: Path
     """metrics/<ds>.json for `dvc metrics show`: per n, all experts, Algorithm 1 / random / z at
     k = n/2, n/4, n/8 without renormalization, and the oracle (means over training seeds); and
     metrics/<ds>-machine.json (`machines`)."""
-    selection = tables.read(tables_dir, "selection")
-    training = tables.read(tables_dir, "training")
+    selection = tables.read(tables_dir, SELECTION.name)
+    training = tables.read(tables_dir, TRAINING.name)
     selection = selection[selection["dataset"] == dataset]
     if selection.empty:
         raise UserError(f"{tables_dir / 'selection.csv'}: no rows for dataset {dataset!r}; "
@@ -52,7 +54,7 @@ def summarize(dataset: str, tables_dir: Path, out_json: Path, machine_json: Path
                                "distinct_subsets": float(oracle["count"].mean())}
         per_n[f"n{n}"] = entry
     atomic.write_json(out_json, {"dataset": dataset, "experts": per_n})
-    atomic.write_json(machine_json, machines(dataset, tables.read(tables_dir, "training_time")))
+    atomic.write_json(machine_json, machines(dataset, tables.read(tables_dir, TRAINING_TIME.name)))
 
 
 def machines(dataset: str, timing: pd.DataFrame | None) -> dict:

@@ -13,15 +13,14 @@ from softmoe.experiments import plots
 from softmoe.statistics import inference, verdicts
 from softmoe.study import layout, paper, stats
 from softmoe.study.stats import constant_predictor_loss
-from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
-                                      scope)
+from softmoe.experiments.unit import Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema
 
 PLATEAU_RATIO = 2.0      # (a) margin: final loss n=1 / best n>=2 above 2 (log ratio above log 2)
 BLOCKS = 5               # (a) one seed: the last 10 % of steps in 5 blocks give the within-run variation
 
-SYNTHETIC_LOSS = schema("step loss variance tokens n seed", "step loss variance n seed",
+SYNTHETIC_LOSS_COLUMNS = schema("step loss variance tokens n seed", "step loss variance n seed",
                         "step loss variance tokens n seed")
-SYNTHETIC_PROOF = schema("case a slot_gap norm_gap abs_error_A abs_error_B variance tokens",
+SYNTHETIC_PROOF_COLUMNS = schema("case a slot_gap norm_gap abs_error_A abs_error_B variance tokens",
                          "a slot_gap norm_gap abs_error_A abs_error_B variance",
                          "case a slot_gap norm_gap variance tokens")
 
@@ -159,16 +158,19 @@ def claim_plateau(loss: pd.DataFrame | None, scale: dict | None = None) -> Claim
 
 
 def _scale(ev: Evidence) -> dict:
-    loss = ev.frames["synthetic_loss"]
+    loss = ev.frames[SYNTHETIC_LOSS.name]
     seeds = int(loss["seed"].nunique()) if loss is not None and "seed" in loss and len(loss) else 0
     return verdicts.synthetic_scale(ev.study, seeds)
 
 
+SYNTHETIC_LOSS = Table("synthetic_loss", SYNTHETIC_LOSS_COLUMNS, step="synthetic",
+                       source=layout.SYNTHETIC + "/loss.csv",
+                       runs=lambda study: layout.synthetic_runs(study.synthetic))
+SYNTHETIC_PROOF = Table("synthetic_proof", SYNTHETIC_PROOF_COLUMNS, step="proof",
+                        source=layout.PROOF, runs=proof_runs)
 EXPERIMENT = Experiment(
     key="E1", title="Theorem 1 on synthetic ‖x‖₂", paper="appendix C figure (loss plateaus)",
-    tables=(Table("synthetic_loss", SYNTHETIC_LOSS, step="synthetic", source=layout.SYNTHETIC + "/loss.csv",
-                  runs=lambda study: layout.synthetic_runs(study.synthetic)),
-            Table("synthetic_proof", SYNTHETIC_PROOF, step="proof", source=layout.PROOF, runs=proof_runs)),
+    tables=(SYNTHETIC_LOSS, SYNTHETIC_PROOF),
     figures=(
         FigureSpec("fig3_synthetic_loss", "Synthetic ‖x‖₂ regression: training loss",
                    "MSE training loss (log scale) of the Soft MoE regressor of ‖x‖₂, one line per "
@@ -176,13 +178,13 @@ EXPERIMENT = Experiment(
                    "seed at each step), one panel per data variance (both readings of the paper's N(0, 5I)) and "
                    "tokenization (tokens x dim); dotted: the paper's plateaus (read off its plot, ±0.3); "
                    "dash-dot: the loss of the best constant prediction, Var‖x‖₂. Theorem 1: a single expert "
-                   "cannot fit the target.", ("synthetic_loss",),
-                   lambda ev: _fig3_loss(ev.frames["synthetic_loss"], ev.study.synthetic.tokenizations)),
+                   "cannot fit the target.", (SYNTHETIC_LOSS.name,),
+                   lambda ev: _fig3_loss(ev.frames[SYNTHETIC_LOSS.name], ev.study.synthetic.tokenizations)),
         FigureSpec("fig3_proof_check", "Theorem 1's proof, numerically (n = 1)",
                    "For the trained single-expert model (first synthetic seed) and the input pairs (A, B) of the proof, the gap "
                    "between their slot inputs (solid) vanishes while the gap of their norms (dashed) grows "
-                   "with the scale a: the model must give A and B nearly the same output.", ("synthetic_proof",),
-                   lambda ev: _fig3_proof(ev.frames["synthetic_proof"], ev.study.synthetic.tokenizations)),
+                   "with the scale a: the model must give A and B nearly the same output.", (SYNTHETIC_PROOF.name,),
+                   lambda ev: _fig3_proof(ev.frames[SYNTHETIC_PROOF.name], ev.study.synthetic.tokenizations)),
     ),
-    claims=(lambda ev: claim_plateau(ev.frames["synthetic_loss"], _scale(ev)),),
+    claims=(lambda ev: claim_plateau(ev.frames[SYNTHETIC_LOSS.name], _scale(ev)),),
 )

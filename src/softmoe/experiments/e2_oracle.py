@@ -10,8 +10,8 @@ from softmoe.experiments import plots
 from softmoe.statistics import inference, verdicts
 from softmoe.study import paper
 from softmoe.statistics.discrepancies import oracle_rows
-from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
-                                      scope)
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.unit import Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema
 
 STEP_MARGIN = -0.01      # (b3) each next n may be at most one point below the previous one
 
@@ -76,7 +76,8 @@ EXPERIMENT = Experiment(
         "Left: share of test inputs some k-subset (k = n·oracle fraction) predicts correctly, "
         "against a random k-subset (±1 std) and the paper's table 1 (crosses). Right: distinct "
         "best subsets used over the test set, with the number of possible subsets C(n, k).",
-        ("selection",),
-        lambda ev: _fig4(ev.frames["selection"], ev.study.evaluate.oracle_limit, paper.REFERENCE.get(ev.study.dataset))),),
-    claims=(lambda ev: claim_oracle_rises(ev.frames["selection"], scope(ev), verdicts.run_scale(ev)),),
+        (SELECTION.name,),
+        lambda ev: _fig4(ev.frames[SELECTION.name], ev.study.evaluate.oracle_limit,
+                         paper.REFERENCE.get(ev.study.dataset))),),
+    claims=(lambda ev: claim_oracle_rises(ev.frames[SELECTION.name], ev.scope, ev.scale),),
 )

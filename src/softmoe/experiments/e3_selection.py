@@ -11,8 +11,7 @@ from softmoe.experiments import plots
 from softmoe.statistics import inference, verdicts
 from softmoe.study import layout, paper, stats
 from softmoe.statistics.discrepancies import OTHER_SCOPE
-from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
-                                      scope)
+from softmoe.experiments.unit import Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema
 from softmoe.study.stats import at_fraction, frac_label, mean_over_seeds
 
 RANDOM_TOLERANCE = 1.0   # alg1_vs_random's `violation`: Alg1 more than this many random std below (observation)
@@ -23,7 +22,7 @@ B1_REASON = ("non-inferiority, δ = 0.01: the paper itself reports a tie at n = 
              "'never clearly worse', and a tie must not count against it")
 HEADLINE_MARGIN = -0.02  # the paper-scale headline checks: ours − paper ≥ −0.02
 
-SELECTION = schema("dataset n seed k k_frac method renormalize accuracy std z count images diff_sd",
+SELECTION_COLUMNS = schema("dataset n seed k k_frac method renormalize accuracy std z count images diff_sd",
                    "n seed k k_frac accuracy std z count images diff_sd",
                    "dataset n seed k method renormalize accuracy")
 
@@ -256,9 +255,11 @@ def _reference(ev: Evidence) -> str | None:
     return paper.REFERENCE.get(ev.study.dataset)
 
 
+SELECTION = Table("selection", SELECTION_COLUMNS, step="evaluate",
+                  source=layout.EVAL, runs=layout.runs, required=True)
 EXPERIMENT = Experiment(
     key="E3", title="Algorithm 1 vs random across the expert grid", paper="figures 1-2",
-    tables=(Table("selection", SELECTION, step="evaluate", source=layout.EVAL, runs=layout.runs, required=True),),
+    tables=(SELECTION,),
     figures=(
         FigureSpec("fig1_selection_vs_fraction", "Accuracy vs proportion of experts kept (Algorithm 1)",
                    "Test accuracy when each input runs only the k experts chosen by Algorithm 1, against "
@@ -266,17 +267,16 @@ EXPERIMENT = Experiment(
                    "for the single-expert control n = 1, which has no k < n); "
                    "k/n = 1 is the all-experts model; crosses: the paper's MNIST points (±0.003). Left: the "
                    "paper's Algorithm 1 (combine weights not renormalized); right: the renormalized ablation.",
-                   ("selection",), lambda ev: _fig1(ev.frames["selection"], _reference(ev))),
+                   (SELECTION.name,), lambda ev: _fig1(ev.frames[SELECTION.name], _reference(ev))),
         FigureSpec("fig2_selection_vs_n", "Accuracy vs number of experts at a fixed parameter budget",
                    "Algorithm 1 (solid, error bars = 95 % interval over training seeds and test images) against "
                    "a random k-subset per input (dashed, band = ±1 std over the random seeds) and all experts "
                    "(gray), one colour per k = n·fraction (paper figure 2; x / +: the paper's MNIST Algorithm 1 "
                    "and random points). Left: the paper's Algorithm 1; right: the renormalized ablation.",
-                   ("selection",),
-                   lambda ev: _fig2(ev.frames["selection"], ev.study.evaluate.fractions, _reference(ev))),
+                   (SELECTION.name,),
+                   lambda ev: _fig2(ev.frames[SELECTION.name], ev.study.evaluate.fractions, _reference(ev))),
     ),
-    claims=(lambda ev: claim_alg1_beats_random(ev.frames["selection"], scope(ev), verdicts.run_scale(ev)),
-            lambda ev: claim_gap_shrinks(ev.frames["selection"], ev.study.evaluate.fractions, scope(ev),
-                                         verdicts.run_scale(ev)),
-            lambda ev: claims_elsewhere(ev.study.dataset, ev.frames["selection"], verdicts.run_scale(ev))),
+    claims=(lambda ev: claim_alg1_beats_random(ev.frames[SELECTION.name], ev.scope, ev.scale),
+            lambda ev: claim_gap_shrinks(ev.frames[SELECTION.name], ev.study.evaluate.fractions, ev.scope, ev.scale),
+            lambda ev: claims_elsewhere(ev.study.dataset, ev.frames[SELECTION.name], ev.scale)),
 )

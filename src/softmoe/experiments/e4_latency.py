@@ -13,7 +13,7 @@ from softmoe.study.stats import k_for
 from softmoe.study.layout import WIDE
 from softmoe.statistics import verdicts
 from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Observation, Table,
-                                      schema, scope)
+                                      schema)
 
 TIME_SLACK = 0.10        # (c2) margin: the paper's k = n/4 time ratio + 0.10
 TIME_TOLERANCE = 0.05    # (observation) a larger k may not be faster than a smaller k by more than 5 %
@@ -21,13 +21,13 @@ TIME_REASON = ("the paper's saving at k = n/4 (0.46 / 0.52 of the full time at b
                "with 0.10 for other hardware: a ratio clearly under that margin is a saving of the paper's kind")
 E4_FRACTION = 0.25
 
-LATENCY = schema("config n k k_frac batch device median_ms q25_ms q75_ms repeats ratio ideal flops flop_ratio",
+LATENCY_COLUMNS = schema("config n k k_frac batch device median_ms q25_ms q75_ms repeats ratio ideal flops flop_ratio",
                  "n k k_frac batch median_ms q25_ms q75_ms repeats ratio ideal flops flop_ratio",
                  "config n k batch median_ms")
 # One row per timed call: the calls of one round ran side by side (softmoe.bench.timing.time_rounds), so
 # each round's ratio to its own k = n call is one paired sample of the time ratio (claim c2's
 # order-statistic interval on the median ratio).
-LATENCY_ROUNDS = schema("config n k batch round ms ratio_to_full", "n k batch round ms ratio_to_full",
+LATENCY_ROUNDS_COLUMNS = schema("config n k batch round ms ratio_to_full", "n k batch round ms ratio_to_full",
                         "config n k batch round ms ratio_to_full")
 
 
@@ -183,18 +183,19 @@ def claim_time_gpu(gpu: dict | None) -> Claim:
 # ---- (f) the budget --------------------------------------------------------------------------
 
 
+LATENCY = Table("latency", LATENCY_COLUMNS, step="latency")
+LATENCY_ROUNDS = Table("latency_rounds", LATENCY_ROUNDS_COLUMNS, step="latency")
 EXPERIMENT = Experiment(
     key="E4", title="Inference time with k experts", paper="table 3",
-    tables=(Table("latency", LATENCY, step="latency"),
-            Table("latency_rounds", LATENCY_ROUNDS, step="latency")),
+    tables=(LATENCY, LATENCY_ROUNDS),
     figures=(FigureSpec(
         "fig5_latency", "Inference time of the selective path",
         "Median time of the Soft MoE layers with only k experts running, divided by the time "
         "with all n (error bars: quartiles), against k/n, one line per configuration, one panel "
         "per batch size; dashed: the ideal k/n; hollow diamonds: the paper's ratios (table 3).",
-        ("latency",), lambda ev: _fig5(ev.frames["latency"])),),
-    claims=(lambda ev: claim_time_wide(ev.frames["latency"], ev.study.latency.wide.width,
-                                       ev.frames.get("latency_rounds")),
+        (LATENCY.name,), lambda ev: _fig5(ev.frames[LATENCY.name])),),
+    claims=(lambda ev: claim_time_wide(ev.frames[LATENCY.name], ev.study.latency.wide.width,
+                                       ev.frames.get(LATENCY_ROUNDS.name)),
             lambda ev: claim_time_gpu(ev.gpu),
-            lambda ev: observe_time_trained(ev.frames["latency"], scope(ev))),
+            lambda ev: observe_time_trained(ev.frames[LATENCY.name], ev.scope)),
 )

@@ -4,15 +4,16 @@ with the grid, the calibration and the paper is softmoe.audit.hypotheses (metric
 from __future__ import annotations
 
 from softmoe.study import layout
-from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.e3_selection import SELECTION_COLUMNS
 from softmoe.experiments.unit import Experiment, Schema, Table
 
 EXTRA = ("epochs", "steps", "train_images", "full_train_images")
-HYPOTHESIS_ROWS = Schema(("name",) + SELECTION.columns + EXTRA, SELECTION.numeric + EXTRA,
-                         ("name",) + SELECTION.required)
+HYPOTHESES_COLUMNS = Schema(("name",) + SELECTION_COLUMNS.columns + EXTRA, SELECTION_COLUMNS.numeric + EXTRA,
+                            ("name",) + SELECTION_COLUMNS.required)
 
+HYPOTHESES = Table("hypotheses", HYPOTHESES_COLUMNS, step="hypothesis",
+                   source=layout.HYPOTHESIS + "/selection.csv", runs=layout.hypothesis_runs)
 EXPERIMENT = Experiment(
     key="hypotheses", title="Hypotheses tested by runs", paper="the discrepancies with the paper",
-    tables=(Table("hypotheses", HYPOTHESIS_ROWS, step="hypothesis", source=layout.HYPOTHESIS + "/selection.csv",
-                  runs=layout.hypothesis_runs),),
+    tables=(HYPOTHESES,),
 )

@@ -10,19 +10,19 @@ from matplotlib.figure import Figure
 from softmoe.experiments import plots
 from softmoe.statistics import inference, verdicts
 from softmoe.study import layout, paper
-from softmoe.experiments.unit import (Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema,
-                                      scope)
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.unit import Claim, Evidence, Experiment, Figure as FigureSpec, Table, schema
 
 BUDGET_BAND = 0.02       # (x1) every n's all-experts accuracy within ±0.02 of the mean over n
 
-TRAINING = schema("dataset n seed test_accuracy test_loss train_loss params_total params_experts "
+TRAINING_COLUMNS = schema("dataset n seed test_accuracy test_loss train_loss params_total params_experts "
                   "expert_hidden epochs steps device",
                   "n seed test_accuracy test_loss train_loss params_total params_experts "
                   "expert_hidden epochs steps",
                   "dataset n seed test_accuracy")
-TRAINING_TIME = schema("dataset n seed wall_time_s device threads cpu numerics aten_capability",
+TRAINING_TIME_COLUMNS = schema("dataset n seed wall_time_s device threads cpu numerics aten_capability",
                        "n seed wall_time_s threads", "dataset n seed wall_time_s")
-CURVES = schema("epoch step train_loss train_accuracy test_loss test_accuracy n seed",
+CURVES_COLUMNS = schema("epoch step train_loss train_accuracy test_loss test_accuracy n seed",
                 "epoch step train_loss train_accuracy test_loss test_accuracy n seed", "step n seed")
 
 
@@ -97,27 +97,49 @@ def claim_budget_holds(training: pd.DataFrame, scope: dict, images: int, scale: 
 
 def _test_images(ev: Evidence) -> int:
     """The test images each all-experts accuracy was measured on (the selection table's count)."""
-    return verdicts.images_of(ev.frames["selection"])
+    return verdicts.images_of(ev.frames[SELECTION.name])
 
 
+# ---- what the claims on the image grid were judged on ------------------------------------------
+
+
+def _devices(training: pd.DataFrame) -> str:
+    """The training device(s) of the training table, "–" without the column."""
+    return ", ".join(sorted({str(d) for d in training["device"]})) if "device" in training else "–"
+
+
+def scope(study, frames: dict) -> dict:
+    """What a claim on the image grid was judged on (Evidence.scope): dataset, training device(s), model kind."""
+    return {"dataset": study.dataset, "device": _devices(frames[TRAINING.name]), "model": study.model.kind}
+
+
+def run_scale(study, frames: dict) -> dict:
+    """This run's scale next to the paper's (Evidence.scale): softmoe.statistics.verdicts.grid_scale of the
+    study, its training and selection tables and the training device(s)."""
+    train = frames[TRAINING.name]
+    return verdicts.grid_scale(study, train, frames.get(SELECTION.name), _devices(train))
+
+
+TRAINING = Table("training", TRAINING_COLUMNS, step="train",
+                 source=layout.TRAIN + "/metrics.json", runs=layout.runs, required=True)
+TRAINING_TIME = Table("training_time", TRAINING_TIME_COLUMNS, step="train",
+                      source=layout.TRAIN + "/timing.json", runs=layout.runs)
+CURVES = Table("curves", CURVES_COLUMNS, step="train",
+               source=layout.TRAIN + "/curves.csv", runs=layout.runs)
 EXPERIMENT = Experiment(
     key="training", title="Training at the fixed budget", paper="figure 1 (k = n), the MNIST recipe",
-    tables=(Table("training", TRAINING, step="train", source=layout.TRAIN + "/metrics.json", runs=layout.runs,
-                  required=True),
-            Table("training_time", TRAINING_TIME, step="train", source=layout.TRAIN + "/timing.json",
-                  runs=layout.runs),
-            Table("curves", CURVES, step="train", source=layout.TRAIN + "/curves.csv", runs=layout.runs)),
+    tables=(TRAINING, TRAINING_TIME, CURVES),
     figures=(
         FigureSpec("fig6_training_curves", "Training curves",
                    "Test accuracy (logged only, never used to choose a checkpoint) and training loss "
-                   "against the optimizer step, one line per n (per seed).", ("curves",),
-                   lambda ev: _fig6_curves(ev.frames["curves"])),
+                   "against the optimizer step, one line per n (per seed).", (CURVES.name,),
+                   lambda ev: _fig6_curves(ev.frames[CURVES.name])),
         FigureSpec("fig6_all_experts_vs_n", "All-experts accuracy vs number of experts",
                    "Test accuracy of the full model (k = n) against n at a fixed expert parameter budget "
                    "(n = 1: one expert as wide as all of them together, the single-expert control): "
-                   "does the budget hold accuracy as the experts get narrower? Crosses: the paper.", ("training",),
-                   lambda ev: _fig6_all(ev.frames["training"], ev.study.dataset)),
+                   "does the budget hold accuracy as the experts get narrower? Crosses: the paper.", (TRAINING.name,),
+                   lambda ev: _fig6_all(ev.frames[TRAINING.name], ev.study.dataset)),
     ),
-    claims=(lambda ev: claim_budget_holds(ev.frames["training"], scope(ev), _test_images(ev),
-                                          verdicts.run_scale(ev)),),
+    claims=(lambda ev: claim_budget_holds(ev.frames[TRAINING.name], ev.scope, _test_images(ev), ev.scale),),
 )
+

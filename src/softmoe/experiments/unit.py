@@ -57,10 +57,14 @@ class Table:
 @dataclass
 class Evidence:
     """What figures and claims read: the study's typed params (softmoe.study.params.Study), its tables
-    (name -> DataFrame or None when absent) and the GPU benchmark file when there is one."""
+    (name -> DataFrame or None when absent), the GPU benchmark file when there is one and, for the
+    claims, what a claim on the image grid was judged on (`scope`) and this run's scale next to the
+    paper's (`scale`; both softmoe.experiments.training's)."""
     study: Any
     frames: dict
     gpu: dict | None = None
+    scope: dict | None = None
+    scale: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -127,10 +131,3 @@ class Observation:
     ours: str = "–"
     note: str = ""
     numbers: dict = field(default_factory=dict)
-
-
-def scope(ev: Evidence) -> dict:
-    """What a claim on the image grid was judged on: dataset, training device(s), model kind."""
-    train = ev.frames["training"]
-    device = ", ".join(sorted({str(d) for d in train["device"]})) if "device" in train else "–"
-    return {"dataset": ev.study.dataset, "device": device, "model": ev.study.model.kind}

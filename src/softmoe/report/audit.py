@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from softmoe.provenance import record
+from softmoe.provenance import deps, record
 from softmoe.study import layout, paper, stats
 from softmoe.workflow import stages, tables
 from softmoe.provenance import reproduction as repro
 from softmoe.statistics.discrepancies import (SCALE_MODEL, UNEXPLAINED, e1_finals, oracle_rows, paper_reading,
                                    summary)
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.training import TRAINING, TRAINING_TIME
 from softmoe.report.render import Block, Section, given, num, pm
 from softmoe.report.context import Context, trace
 
@@ -36,7 +40,7 @@ def discrepancy_counts(ctx: Context) -> dict:
 
 def _scale_label(ctx: Context, experiment: str) -> str:
     """Ours and the paper's scale, for the caption of an experiment's comparison table."""
-    p, sel = ctx.study, ctx.frames["selection"]
+    p, sel = ctx.study, ctx.frames[SELECTION.name]
     if experiment in ("E2", "E3"):
         ps = paper.SETTING.get(paper.REFERENCE.get(p.dataset), {})
         train = f"{p.dataset_entry.train_size:,}" if p.dataset_entry.train_size else "all"
@@ -46,7 +50,7 @@ def _scale_label(ctx: Context, experiment: str) -> str:
         return (f"ours: {p.dataset}, {train} training / {test} test images, {seeds} seed(s); paper: "
                 f"{ps.get('train_size', 0):,} / {ps.get('test_size', 0):,}, {paper.TRAINING_SEEDS} seed")
     if experiment == "E1":
-        loss = ctx.frames["synthetic_loss"]
+        loss = ctx.frames[SYNTHETIC_LOSS.name]
         seeds = loss["seed"].nunique() if loss is not None and "seed" in loss.columns else 1
         return (f"ours: {p.synthetic.steps} steps × {p.synthetic.batch_size:,} inputs, {seeds} seed(s); paper: "
                 f"{paper.SYNTHETIC_STEPS} × {paper.SYNTHETIC_BATCH:,}")
@@ -165,7 +169,7 @@ def hypothesis_rows(ctx: Context) -> pd.DataFrame | None:
 def hypotheses(ctx: Context, experiment: str) -> list[str]:
     """What may explain an experiment's differences, and what the pipeline measured about it."""
     if experiment == "E1":
-        finals = e1_finals(ctx.frames["synthetic_loss"])
+        finals = e1_finals(ctx.frames[SYNTHETIC_LOSS.name])
         ones = finals[finals["n"] == 1]
         accepted = paper_reading()
         listing = "; ".join(f"variance {r.variance:g}, {r.tokens}: n=1 plateau {r.final_loss:.2f} vs constant "
@@ -203,7 +207,7 @@ def hypotheses(ctx: Context, experiment: str) -> list[str]:
 
 def oracle_hypothesis(ctx: Context) -> str:
     """What the distinct-subset count says, from ours and the paper's at the largest common n."""
-    rows = oracle_rows(ctx.frames["selection"])
+    rows = oracle_rows(ctx.frames[SELECTION.name])
     ref = paper.e2_oracle().set_index("n")
     rows = rows[rows["n"].isin(ref.index)]
     text = ("Oracle definition: our 'distinct best subsets' counts, per test input, the correct k-subset with the "
@@ -213,7 +217,7 @@ def oracle_hypothesis(ctx: Context) -> str:
         return text
     r = rows.iloc[-1]
     n, ours, theirs = int(r["n"]), int(r["distinct"]), int(ref.loc[int(r["n"]), "distinct"])
-    images = int(ctx.frames["selection"]["images"].min())
+    images = int(ctx.frames[SELECTION.name]["images"].min())
     full = paper.SETTING["mnist"]["test_size"]
     if ours > theirs and images < full:
         text += (f" At n = {n}: ours {ours:,} distinct subsets on {images:,} test images against the paper's "
@@ -229,12 +233,12 @@ def oracle_hypothesis(ctx: Context) -> str:
 def calibration_rows(ctx: Context) -> pd.DataFrame:
     """Per n of the calibration step: all experts, Alg1 and random at k = n/4 of the models trained
     for the paper's epochs, beside the grid's models of the same n and seed."""
-    cal, sel = ctx.frames["calibration"], ctx.frames["selection"]
+    cal, sel = ctx.frames[CALIBRATION.name], ctx.frames[SELECTION.name]
     cols = ["n", "epochs", "steps", "all", "alg1", "random", "grid_steps", "grid_all", "grid_alg1", "grid_random"]
     if cal is None or cal.empty:
         return pd.DataFrame(columns=cols)
     first = ctx.study.calibration.seed
-    grid_steps = int(ctx.frames["training"]["steps"].max())
+    grid_steps = int(ctx.frames[TRAINING.name]["steps"].max())
 
     def at(frame, method):
         rows = frame[(frame["method"] == method) & ~frame["renormalize"].astype(bool)]
@@ -306,7 +310,7 @@ def provenance_section(ctx: Context, hashed: list[Path], benchmarks_dir: Path) -
              ("git commit", git["commit"]), ("working tree (when the report was written)", dirty),
              ("params file", f"{ctx.params_path} (md5 {ctx.md5(ctx.params_path)})"),
              *((f"machine.{k}", str(v)) for k, v in record.machine().items()),
-             ("training device(s)", ", ".join(sorted({str(d) for d in ctx.frames['training']['device']}))),
+             ("training device(s)", ", ".join(sorted({str(d) for d in ctx.frames[TRAINING.name]['device']}))),
              ("numerical code paths of the trainings (softmoe.base.numerics)", trained_on(ctx, "numerics")),
              ("CPU model of the trainings", trained_on(ctx, "cpu")),
              *((f"latency hardware.{k}", str(v)) for k, v in (ctx.hardware or {}).items()),
@@ -328,16 +332,16 @@ def provenance_section(ctx: Context, hashed: list[Path], benchmarks_dir: Path) -
                         caption=f"md5 of the {len(hashes)} files this report describes (data, models, tables, "
                                 "metrics, figures, code), computed when it was written"))
     blocks.append(Block("table", frame=pd.DataFrame(
-        [{"step": step, "code": ", ".join(Path(c).name for c in stages.code(step))} for step in stages.STEPS]),
+        [{"step": step, "code": ", ".join(c.removeprefix(deps.PREFIX) for c in stages.code(step))} for step in stages.STEPS]),
         collapsed=True, caption="The code each step runs (the traces under figures and tables name the steps)"))
     blocks.append(Block("table", frame=record.versions(), caption="Package versions", collapsed=True))
-    blocks += wall_blocks(benchmarks_dir, ctx.frames.get("training_time"))
+    blocks += wall_blocks(benchmarks_dir, ctx.frames.get(TRAINING_TIME.name))
     return Section("Provenance", blocks)
 
 
 def trained_on(ctx: Context, column: str) -> str:
     """The distinct values of a training_time column (the trainings' timing.json), with counts."""
-    timing = ctx.frames.get("training_time")
+    timing = ctx.frames.get(TRAINING_TIME.name)
     if timing is None or timing.empty:
         return "not recorded (no training_time table)"
     counts = timing[column].astype(str).value_counts()

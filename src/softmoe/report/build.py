@@ -19,6 +19,10 @@ from softmoe.study import paper
 from softmoe.workflow import tables
 from softmoe.base.errors import UserError
 from softmoe.study.params import Study
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.e4_latency import LATENCY
+from softmoe.experiments.training import TRAINING
 from softmoe.report.render import Block, Section, render_html, render_markdown
 from softmoe.report.audit import discrepancy_section, provenance_section, reproduction
 from softmoe.report.context import Context, trace, unshown_sections
@@ -53,7 +57,8 @@ def claims_section(ctx: Context) -> Section:
                             + (f" Intervals are simultaneous over each claim's tests ({correction})." if correction
                                else ""))),
         Block("table", frame=pd.DataFrame(rows)),
-        trace(ctx, ["selection", "training", "synthetic_loss", "latency"], ("claims",), [("claims", ctx.claims_path)])])
+        trace(ctx, [SELECTION.name, TRAINING.name, SYNTHETIC_LOSS.name, LATENCY.name], ("claims",),
+              [("claims", ctx.claims_path)])])
 
 
 def scope_section(ctx: Context) -> Section:
@@ -69,14 +74,14 @@ def scope_section(ctx: Context) -> Section:
 
 # ---- the setting -------------------------------------------------------------------------------
 def setting_section(ctx: Context) -> Section:
-    p, ds, train = ctx.study, ctx.study.dataset, ctx.frames["training"]
+    p, ds, train = ctx.study, ctx.study.dataset, ctx.frames[TRAINING.name]
     ref = paper.REFERENCE.get(ds)
     ps = paper.SETTING.get(ref, {})
     entry = p.dataset_entry
     syn, wide = p.synthetic, p.latency.wide
     steps = sorted({int(s) for s in train["steps"].dropna()})
     epochs = sorted({int(e) for e in train["epochs"].dropna()})
-    images = ctx.frames["selection"]["images"].dropna()
+    images = ctx.frames[SELECTION.name]["images"].dropna()
     device = ctx.hardware.get("device", "–") if ctx.hardware else "latency not run"
     train_images = "full split" if entry.train_size is None else entry.train_size
     test_images = int(images.min()) if len(images) else "full split" if entry.test_size is None else entry.test_size
@@ -107,7 +112,7 @@ def setting_section(ctx: Context) -> Section:
 
 # ---- entry point -----------------------------------------------------------------------------------
 def _check_dataset(dataset: str, frames: dict, tables_dir: Path) -> None:
-    for name in ("selection", "training"):
+    for name in (SELECTION.name, TRAINING.name):
         found = sorted(set(frames[name]["dataset"].astype(str)))
         if found != [dataset]:
             raise UserError(f"{tables.path(tables_dir, name)}: holds dataset(s) {found}, but params 'dataset' is "

@@ -11,8 +11,11 @@ from softmoe.experiments import plots
 from softmoe.study import paper, stats
 from softmoe.workflow import tables
 from softmoe.statistics.discrepancies import compare_headlines, e1_finals, oracle_rows
-from softmoe.experiments.e3_selection import alg1_vs_random
+from softmoe.experiments.e3_selection import SELECTION, alg1_vs_random
 from softmoe.study.layout import WIDE
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS, SYNTHETIC_PROOF
+from softmoe.experiments.e4_latency import LATENCY
+from softmoe.experiments.training import TRAINING, TRAINING_TIME
 from softmoe.report.render import Block, Section, diff, given, num, pm
 from softmoe.report.context import Context, figure, trace
 
@@ -25,7 +28,7 @@ def pivot_vs_paper(ctx: Context) -> pd.DataFrame | None:
     ref_name = paper.REFERENCE.get(ctx.study.dataset)
     if not ref_name:
         return None
-    comp = compare_headlines(ctx.frames["selection"], paper.headlines(ref_name))
+    comp = compare_headlines(ctx.frames[SELECTION.name], paper.headlines(ref_name))
     if comp.empty:
         return None
     comp["row"] = [("all experts" if m == "all" else
@@ -54,7 +57,7 @@ def z_table(selection: pd.DataFrame) -> pd.DataFrame:
 
 
 def selection_section(ctx: Context) -> Section:
-    sel = ctx.frames["selection"]
+    sel = ctx.frames[SELECTION.name]
     blocks = figure(ctx, "fig1_selection_vs_fraction") + figure(ctx, "fig2_selection_vs_n")
     pivot = pivot_vs_paper(ctx)
     if pivot is None:
@@ -65,7 +68,7 @@ def selection_section(ctx: Context) -> Section:
             f"Ours: mean over {sel['seed'].nunique()} training seed(s) ± the 95 % interval (spread over "
             f"seeds and sampling of the {images:,} test images); paper: read off its plots (±0.003)."
             " Rows: Algorithm 1 without renormalization and random k-subsets (mean of 10 seeds).")),
-                   trace(ctx, ["selection"])]
+                   trace(ctx, [SELECTION.name])]
     images = int(sel["images"].min())
     blocks += [Block("table", frame=z_table(sel), caption=(
         "Algorithm 1 against random at every k evaluated, per n: z = (Alg1 − random mean) / random std. "
@@ -76,9 +79,9 @@ def selection_section(ctx: Context) -> Section:
     tidy = means.sort_values(["renormalize", "method", "k_frac", "n"])[
         ["n", "k", "method", "renormalize", "accuracy", "ci", "std", "seeds"]]
     tidy = tidy.assign(accuracy=tidy["accuracy"].map(num), ci=tidy["ci"].map(num), std=tidy["std"].map(num))
-    blocks.append(Block("table", frame=tidy, limit=TABLE_HEAD, link=tables.path(ctx.tables_dir, "selection"), caption=(
-        f"Every (n, k, method) of selection.csv, mean over seeds (ci: 95 % half-width): the first {TABLE_HEAD} of "
-        f"{len(tidy):,} rows; the table per seed is selection.csv")))
+    blocks.append(Block("table", frame=tidy, limit=TABLE_HEAD, link=tables.path(ctx.tables_dir, SELECTION.name),
+                        caption=("Every (n, k, method) of selection.csv, mean over seeds (ci: 95 % half-width): the "
+                                 f"first {TABLE_HEAD} of {len(tidy):,} rows; the table per seed is selection.csv")))
     ablation = renormalized_table(means, ctx.study.evaluate.fractions)
     if ablation is not None:
         blocks.append(Block("table", frame=ablation, caption=(
@@ -102,7 +105,7 @@ def renormalized_table(means: pd.DataFrame, fractions: list[float]) -> pd.DataFr
 # ---- E2 ------------------------------------------------------------------------------------------
 def oracle_section(ctx: Context) -> Section:
     title = "Oracle: best expert subsets (E2; paper table 1)"
-    rows = oracle_rows(ctx.frames["selection"])
+    rows = oracle_rows(ctx.frames[SELECTION.name])
     blocks = figure(ctx, "fig4_oracle")
     if rows.empty:
         blocks.append(Block("text", text=(
@@ -123,14 +126,14 @@ def oracle_section(ctx: Context) -> Section:
         "Best k-subset per test input (using the label) vs a random k-subset; ours ± 95 % interval; paper: "
         "MNIST, 10,000 test images (table). 'distinct': how many different best subsets the test set used "
         "(ours: per input, the correct subset with the largest margin; docs/study.md §4).")),
-               trace(ctx, ["selection"])]
+               trace(ctx, [SELECTION.name])]
     return Section(title, blocks)
 
 
 # ---- E1 ------------------------------------------------------------------------------------------
 def synthetic_section(ctx: Context) -> Section:
     blocks = figure(ctx, "fig3_synthetic_loss")
-    loss = ctx.frames["synthetic_loss"]
+    loss = ctx.frames[SYNTHETIC_LOSS.name]
     if loss is None or loss.empty:
         blocks.append(Block("text", text="NOT RUN: synthetic_loss.csv missing or empty."))
     else:
@@ -146,16 +149,17 @@ def synthetic_section(ctx: Context) -> Section:
             "Final training loss (mean of the last 10 % of steps; mean over seeds ± the 95 % t-interval, none "
             "with one seed) under both readings of the paper's "
             "N(0, 5I) (variance 5 and 25), beside its plateaus (read off its plot) and the loss of the best "
-            "constant prediction, Var‖x‖₂.")), trace(ctx, ["synthetic_loss"])]
+            "constant prediction, Var‖x‖₂.")), trace(ctx, [SYNTHETIC_LOSS.name])]
     blocks += figure(ctx, "fig3_proof_check")
-    proof = ctx.frames["synthetic_proof"]
+    proof = ctx.frames[SYNTHETIC_PROOF.name]
     if proof is None or proof.empty:
         blocks.append(Block("text", text="NOT RUN: synthetic_proof.csv missing or empty."))
     else:
         frame = proof.sort_values(["variance", "tokens", "case", "a"])[
             ["variance", "tokens", "case", "a", "slot_gap", "norm_gap", "abs_error_A", "abs_error_B"]]
         frame = frame.assign(**{c: frame[c].map(lambda v: f"{v:.3g}") for c in frame.columns[3:]})
-        blocks.append(Block("table", frame=frame, limit=TABLE_HEAD, link=tables.path(ctx.tables_dir, "synthetic_proof"),
+        blocks.append(Block("table", frame=frame, limit=TABLE_HEAD,
+                            link=tables.path(ctx.tables_dir, SYNTHETIC_PROOF.name),
                             caption=("Proof check of the n = 1 models: gaps and absolute errors on the input pairs "
                                      f"(A, B), per scale a (the first {TABLE_HEAD} of {len(frame)} rows).")))
     return Section("Synthetic ‖x‖₂: Theorem 1 (E1; paper appendix C)", blocks)
@@ -163,7 +167,7 @@ def synthetic_section(ctx: Context) -> Section:
 
 # ---- E4 ------------------------------------------------------------------------------------------
 def latency_section(ctx: Context) -> Section:
-    lat = ctx.frames["latency"]
+    lat = ctx.frames[LATENCY.name]
     title = "Inference time of the selective path (E4; paper table 3)"
     blocks = figure(ctx, "fig5_latency")
     if lat is None or lat.empty:
@@ -185,24 +189,24 @@ def latency_section(ctx: Context) -> Section:
         "Time with k experts running / time with all n: ours / paper where the paper measured the same k/n "
         f"and batch size. Paper (table): {paper.LATENCY_SETTING}. Ideal: k/n. 'wide' is the paper's layer "
         "(random weights); the other rows are our trained models. Claims e_wide, e_trained and e_gpu judge "
-        "each separately.")), trace(ctx, ["latency"])]
+        "each separately.")), trace(ctx, [LATENCY.name])]
     return Section(title, blocks)
 
 
 # ---- training ------------------------------------------------------------------------------------
 def training_section(ctx: Context) -> Section:
-    train = ctx.frames["training"]
+    train = ctx.frames[TRAINING.name]
     blocks = figure(ctx, "fig6_training_curves") + figure(ctx, "fig6_all_experts_vs_n")
     ref_name = paper.REFERENCE.get(ctx.study.dataset)
     ref = paper.headlines(ref_name) if ref_name else pd.DataFrame(columns=["n", "method", "accuracy"])
     ref = ref[(ref["method"] == "all") & ref["n"].notna()]
     ref = dict(zip(ref["n"].astype(int), ref["accuracy"]))
-    images = int(ctx.frames["selection"]["images"].min())
+    images = int(ctx.frames[SELECTION.name]["images"].min())
     g = train.groupby("n").agg(seeds=("seed", "nunique"), hidden=("expert_hidden", "first"),
                                experts=("params_experts", "first"), total=("params_total", "first"),
                                steps=("steps", "max"), acc=("test_accuracy", "mean"),
                                acc_std=("test_accuracy", "std"))
-    timing = ctx.frames.get("training_time")      # the trainings' timing.json (this host's facts)
+    timing = ctx.frames.get(TRAINING_TIME.name)      # the trainings' timing.json (this host's facts)
     wall = timing.groupby("n")["wall_time_s"].sum() if timing is not None and len(timing) else pd.Series(dtype=float)
     rows = [{"n": int(n), "seeds": int(r.seeds), "expert hidden": num(int(r.hidden)),
              "expert params": num(int(r.experts)), "total params": num(int(r.total)), "steps": num(int(r.steps)),
@@ -212,5 +216,5 @@ def training_section(ctx: Context) -> Section:
     blocks += [Block("table", frame=pd.DataFrame(rows), caption=(
         "One row per n: the real parameter counts at the fixed budget (the floor makes it inexact at large n) "
         "and the all-experts test accuracy (mean over seeds); the train time from each run's timing.json.")),
-        trace(ctx, ["training", "training_time"])]
+        trace(ctx, [TRAINING.name, TRAINING_TIME.name])]
     return Section("Training and the fixed budget", blocks)

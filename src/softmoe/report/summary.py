@@ -15,6 +15,11 @@ import pandas as pd
 from softmoe.provenance import record
 from softmoe.study import paper
 from softmoe.study.params import Dataset, Synthetic, Wide
+from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS
+from softmoe.experiments.e3_calibration import CALIBRATION
+from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments.e4_latency import LATENCY
+from softmoe.experiments.training import TRAINING, TRAINING_TIME
 from softmoe.report.render import Block, Section
 from softmoe.report.audit import (alg1_claim, calibration_comment, calibration_rows, discrepancy_counts,
                                   hypothesis_facts, read_hypotheses)
@@ -62,7 +67,7 @@ def scale_warnings(ds: str, entry: Dataset, syn: Synthetic, wide: Wide, ps: dict
 
 
 def run_scale_warnings(ctx: Context) -> list[str]:
-    train = ctx.frames["training"]
+    train = ctx.frames[TRAINING.name]
     ps = paper.SETTING.get(paper.REFERENCE.get(ctx.study.dataset), {})
     return scale_warnings(ctx.study.dataset, ctx.study.dataset_entry, ctx.study.synthetic, ctx.study.latency.wide,
                           ps, sorted({int(s) for s in train["steps"].dropna()}),
@@ -180,7 +185,7 @@ def verdict_block(ctx: Context, repro: str) -> Block:
     """The verdict box: counts of the verdicts, the scale caveat, one line per claim grouped in the
     paper's numbering, the observations, the discrepancy count and the reproduction check."""
     c = ctx.claims
-    seeds = ctx.frames["training"]["seed"].nunique()
+    seeds = ctx.frames[TRAINING.name]["seed"].nunique()
     alpha = c.get("alpha")
     head = (f"{counts_text(c['counts'])} on {ctx.study.dataset} ({seeds} training seed(s))"
             + (f"; each claim's tests at family-wise α = {alpha:g}" if alpha is not None else "") + ".")
@@ -232,7 +237,7 @@ def scope_blocks(ctx: Context) -> list[Block]:
 
 
 def methodology_blocks(ctx: Context, benchmarks_dir: Path) -> list[Block]:
-    p, train, sel = ctx.study, ctx.frames["training"], ctx.frames["selection"]
+    p, train, sel = ctx.study, ctx.frames[TRAINING.name], ctx.frames[SELECTION.name]
     ds, entry = p.dataset, p.dataset_entry
     ns = sorted(int(n) for n in train["n"].unique())
     seeds = sorted(int(s) for s in train["seed"].unique())
@@ -248,19 +253,19 @@ def methodology_blocks(ctx: Context, benchmarks_dir: Path) -> list[Block]:
              f"Evaluated every model on {test} test images with all experts, Algorithm 1 and "
              f"{len(p.evaluate.random_seeds)} random-subset seeds at every k, and the label-using oracle at "
              f"k = n·{p.evaluate.oracle_fraction:g} where C(n, k) ≤ {p.evaluate.oracle_limit:,}."]
-    loss = ctx.frames["synthetic_loss"]
+    loss = ctx.frames[SYNTHETIC_LOSS.name]
     if loss is not None and not loss.empty:
         syn_seeds = loss["seed"].nunique() if "seed" in loss.columns else 1
         lines.append(f"Synthetic ‖x‖₂ (Theorem 1): n ∈ {{{', '.join(str(int(n)) for n in sorted(loss['n'].unique()))}}}, "
                      f"tokenizations {', '.join(sorted(loss['tokens'].unique()))}, variance "
                      f"{', '.join(f'{v:g}' for v in sorted(loss['variance'].unique()))}, {p.synthetic.steps} steps × "
                      f"{p.synthetic.batch_size:,} inputs, {syn_seeds} seed(s).")
-    lat = ctx.frames["latency"]
+    lat = ctx.frames[LATENCY.name]
     if lat is not None and not lat.empty:
         device = (ctx.hardware or {}).get("device", ", ".join(sorted(set(map(str, lat["device"])))))
         lines.append(f"Inference time: the paper's E4 layer at width ×{p.latency.wide.width:g} and the trained models, "
                      f"on {device}.")
-    cal = ctx.frames["calibration"]
+    cal = ctx.frames[CALIBRATION.name]
     if cal is not None and not cal.empty:
         lines.append(f"Calibration: n ∈ {{{', '.join(str(int(n)) for n in sorted(cal['n'].unique()))}}} trained for "
                      f"the paper's {int(cal['epochs'].iloc[0])} epochs ({int(cal['steps'].max()):,} steps) and "
@@ -274,7 +279,7 @@ def cost_text(ctx: Context, benchmarks_dir: Path) -> str:
     time (training_time.csv, or training.csv where it still carries it), with the machine."""
     machine = record.machine()
     where = f"{machine['cpu']} ({machine['cores_available'] or machine['cores']} cores available to this process)"
-    timing = next((f for f in (ctx.frames.get("training_time"), ctx.frames["training"])
+    timing = next((f for f in (ctx.frames.get(TRAINING_TIME.name), ctx.frames[TRAINING.name])
                    if f is not None and "wall_time_s" in f.columns), None)
     training = "training time not recorded" if timing is None else (
         f"training alone {timing['wall_time_s'].sum():,.0f} s"

@@ -81,21 +81,21 @@ def compare_headlines(selection: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFram
     return frame
 
 
-def discrepancies(dataset: str, frames: dict, train_size: int | None = None,
-                  latency_width: float | None = None) -> pd.DataFrame:
+def discrepancies(dataset: str, selection: pd.DataFrame, synthetic_loss: pd.DataFrame, latency: pd.DataFrame,
+                  train_size: int | None = None, latency_width: float | None = None) -> pd.DataFrame:
     """Every number compared with the paper, each comparison once: ours ± our 95 % interval, the
     paper's ± its reading error (plots: ±0.003 accuracy, ±0.3 loss), `side` (which difference the
     paper's claim forbids), `counted` (in the count of comparisons), `beyond` (counted and |diff|
     beyond both errors added, on the forbidden side) and `status`: within, explained by scale (by
     SCALE_MODEL, given this run's training images `train_size` and the E4 layer's `latency_width`),
-    unexplained, better than a one-sided claim, or why the row is listed but not counted."""
+    unexplained, better than a one-sided claim, or why the row is listed but not counted. The inputs
+    are the run's selection, synthetic_loss and latency tables."""
     ref_name = paper.REFERENCE.get(dataset)
-    sel = frames["selection"]
-    rows = _e3_rows(sel, ref_name) if ref_name else []
+    rows = _e3_rows(selection, ref_name) if ref_name else []
     if ref_name == "mnist":
-        rows += _e2_rows(sel, rows)
-    rows += _e1_rows(frames["synthetic_loss"])
-    rows += _e4_rows(frames["latency"])
+        rows += _e2_rows(selection, rows)
+    rows += _e1_rows(synthetic_loss)
+    rows += _e4_rows(latency)
     frame = pd.DataFrame(rows, columns=[*DISCREPANCY_COLUMNS[:8], "side", "status", "role", "share_ours",
                                         "share_paper"])
     frame["diff"] = frame["ours"] - frame["paper"]

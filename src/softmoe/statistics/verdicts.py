@@ -191,11 +191,3 @@ def _scale(ours: dict, theirs: dict, short: list[str]) -> dict:
 
 def _int(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
-
-
-def run_scale(ev) -> dict:
-    """grid_scale of an Evidence (softmoe.experiments.unit): the study, its training and selection
-    tables and the training device(s)."""
-    train = ev.frames["training"]
-    device = ", ".join(sorted({str(d) for d in train["device"]})) if "device" in train else "–"
-    return grid_scale(ev.study, train, ev.frames.get("selection"), device)
