@@ -19,10 +19,10 @@ PLATEAU_RATIO = 2.0      # (a) margin: final loss n=1 / best n>=2 above 2 (log r
 BLOCKS = 5               # (a) one seed: the last 10 % of steps in 5 blocks give the within-run variation
 
 SYNTHETIC_LOSS_COLUMNS = schema("step loss variance tokens n seed", "step loss variance n seed",
-                        "step loss variance tokens n seed")
+                                "step loss variance tokens n seed")
 SYNTHETIC_PROOF_COLUMNS = schema("case a slot_gap norm_gap abs_error_A abs_error_B variance tokens",
-                         "a slot_gap norm_gap abs_error_A abs_error_B variance",
-                         "case a slot_gap norm_gap variance tokens")
+                                 "a slot_gap norm_gap abs_error_A abs_error_B variance",
+                                 "case a slot_gap norm_gap variance tokens")
 
 
 def proof_runs(study) -> list[dict]:

@@ -23,8 +23,8 @@ B1_REASON = ("non-inferiority, δ = 0.01: the paper itself reports a tie at n = 
 HEADLINE_MARGIN = -0.02  # the paper-scale headline checks: ours − paper ≥ −0.02
 
 SELECTION_COLUMNS = schema("dataset n seed k k_frac method renormalize accuracy std z count images diff_sd",
-                   "n seed k k_frac accuracy std z count images diff_sd",
-                   "dataset n seed k method renormalize accuracy")
+                           "n seed k k_frac accuracy std z count images diff_sd",
+                           "dataset n seed k method renormalize accuracy")
 
 
 def _fig1(selection: pd.DataFrame, reference: str | None) -> Figure | str:

@@ -22,13 +22,13 @@ TIME_REASON = ("the paper's saving at k = n/4 (0.46 / 0.52 of the full time at b
 E4_FRACTION = 0.25
 
 LATENCY_COLUMNS = schema("config n k k_frac batch device median_ms q25_ms q75_ms repeats ratio ideal flops flop_ratio",
-                 "n k k_frac batch median_ms q25_ms q75_ms repeats ratio ideal flops flop_ratio",
-                 "config n k batch median_ms")
+                         "n k k_frac batch median_ms q25_ms q75_ms repeats ratio ideal flops flop_ratio",
+                         "config n k batch median_ms")
 # One row per timed call: the calls of one round ran side by side (softmoe.bench.timing.time_rounds), so
 # each round's ratio to its own k = n call is one paired sample of the time ratio (claim c2's
 # order-statistic interval on the median ratio).
 LATENCY_ROUNDS_COLUMNS = schema("config n k batch round ms ratio_to_full", "n k batch round ms ratio_to_full",
-                        "config n k batch round ms ratio_to_full")
+                                "config n k batch round ms ratio_to_full")
 
 
 def _fig5(latency: pd.DataFrame | None) -> Figure | str:

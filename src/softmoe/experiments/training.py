@@ -16,14 +16,14 @@ from softmoe.experiments.unit import Claim, Evidence, Experiment, Figure as Figu
 BUDGET_BAND = 0.02       # (x1) every n's all-experts accuracy within ±0.02 of the mean over n
 
 TRAINING_COLUMNS = schema("dataset n seed test_accuracy test_loss train_loss params_total params_experts "
-                  "expert_hidden epochs steps device",
-                  "n seed test_accuracy test_loss train_loss params_total params_experts "
-                  "expert_hidden epochs steps",
-                  "dataset n seed test_accuracy")
+                          "expert_hidden epochs steps device",
+                          "n seed test_accuracy test_loss train_loss params_total params_experts "
+                          "expert_hidden epochs steps",
+                          "dataset n seed test_accuracy")
 TRAINING_TIME_COLUMNS = schema("dataset n seed wall_time_s device threads cpu numerics aten_capability",
-                       "n seed wall_time_s threads", "dataset n seed wall_time_s")
+                               "n seed wall_time_s threads", "dataset n seed wall_time_s")
 CURVES_COLUMNS = schema("epoch step train_loss train_accuracy test_loss test_accuracy n seed",
-                "epoch step train_loss train_accuracy test_loss test_accuracy n seed", "step n seed")
+                        "epoch step train_loss train_accuracy test_loss test_accuracy n seed", "step n seed")
 
 
 def _fig6_curves(curves: pd.DataFrame | None) -> Figure | str:
