@@ -103,21 +103,21 @@ def _test_images(ev: Evidence) -> int:
 # ---- what the claims on the image grid were judged on ------------------------------------------
 
 
-def _devices(training: pd.DataFrame) -> str:
+def devices(training: pd.DataFrame) -> str:
     """The training device(s) of the training table, "–" without the column."""
     return ", ".join(sorted({str(d) for d in training["device"]})) if "device" in training else "–"
 
 
 def scope(study, frames: dict) -> dict:
     """What a claim on the image grid was judged on (Evidence.scope): dataset, training device(s), model kind."""
-    return {"dataset": study.dataset, "device": _devices(frames[TRAINING.name]), "model": study.model.kind}
+    return {"dataset": study.dataset, "device": devices(frames[TRAINING.name]), "model": study.model.kind}
 
 
 def run_scale(study, frames: dict) -> dict:
     """This run's scale next to the paper's (Evidence.scale): softmoe.statistics.verdicts.grid_scale of the
     study, its training and selection tables and the training device(s)."""
     train = frames[TRAINING.name]
-    return verdicts.grid_scale(study, train, frames.get(SELECTION.name), _devices(train))
+    return verdicts.grid_scale(study, train, frames.get(SELECTION.name), devices(train))
 
 
 TRAINING = Table("training", TRAINING_COLUMNS, step="train",

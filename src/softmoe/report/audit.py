@@ -16,6 +16,7 @@ from softmoe.statistics.discrepancies import (SCALE_MODEL, UNEXPLAINED, e1_final
 from softmoe.experiments.e1_theorem import SYNTHETIC_LOSS
 from softmoe.experiments.e3_calibration import CALIBRATION
 from softmoe.experiments.e3_selection import SELECTION
+from softmoe.experiments import training
 from softmoe.experiments.training import TRAINING, TRAINING_TIME
 from softmoe.report.render import Block, Section, given, num, pm
 from softmoe.report.context import Context, trace
@@ -310,7 +311,7 @@ def provenance_section(ctx: Context, hashed: list[Path], benchmarks_dir: Path) -
              ("git commit", git["commit"]), ("working tree (when the report was written)", dirty),
              ("params file", f"{ctx.params_path} (md5 {ctx.md5(ctx.params_path)})"),
              *((f"machine.{k}", str(v)) for k, v in record.machine().items()),
-             ("training device(s)", ", ".join(sorted({str(d) for d in ctx.frames[TRAINING.name]['device']}))),
+             ("training device(s)", training.devices(ctx.frames[TRAINING.name])),
              ("numerical code paths of the trainings (softmoe.base.numerics)", trained_on(ctx, "numerics")),
              ("CPU model of the trainings", trained_on(ctx, "cpu")),
              *((f"latency hardware.{k}", str(v)) for k, v in (ctx.hardware or {}).items()),
